@@ -1,0 +1,48 @@
+# The README's commands. Each target sets up what it needs on a fresh clone: a .venv with the
+# CPU build of torch 2.13.0 and the other dependencies, then the C++ extension, then runs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cpp)
+
+.PHONY: all venv build test test-slow bench demo cuda-check clean
+
+all: build
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# --no-build-isolation: build against the torch in the venv (isolation would fetch a CUDA torch).
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	@if command -v nvcc >/dev/null 2>&1 && [ -d csrc/cuda ]; then $(MAKE) cuda-check; fi
+	$(PY) -m pytest -q tests
+
+test-slow: build
+	$(PY) -m pytest -q -m slow tests
+
+bench: build
+	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/cpu.json -q
+	$(PY) -m benchmarks.report benchmarks/results/cpu.json benchmarks/results/cpu.md
+
+demo: build
+	$(VENV)/bin/msca demo --out out/demo
+
+cuda-check:
+	bash csrc/cuda/check.sh
+
+clean:
+	rm -rf build *.egg-info msca_kernels/_C*.so $(VENV)/.built

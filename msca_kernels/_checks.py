@@ -1,0 +1,67 @@
+"""Argument checks shared by the public entry points.
+
+Every check runs before any kernel and raises TypeError (wrong type or dtype) or ValueError
+(wrong shape, device, range, option) with the argument's name and what was expected.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(name: str, t, ndim: int | None = None, *, optional: bool = False):
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{name}: expected a tensor, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor "
+                        f"(float16, bfloat16, float32 or float64), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(t.shape)}")
+
+
+def shape(name: str, t, expected: tuple, what: str = ""):
+    if t is not None and tuple(t.shape) != tuple(expected):
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"{name}: expected shape {tuple(expected)}{extra}, "
+                         f"got {tuple(t.shape)}")
+
+
+def same_device(ref_name: str, ref: torch.Tensor, **others):
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name}: expected a tensor on {ref.device} like {ref_name}, "
+                             f"got one on {t.device}")
+
+
+def same_dtype(ref_name: str, ref: torch.Tensor, **others):
+    for name, t in others.items():
+        if t is not None and t.dtype != ref.dtype:
+            raise TypeError(f"{name}: expected dtype {ref.dtype} like {ref_name}, got {t.dtype}")
+
+
+def in_unit_interval(name: str, t: torch.Tensor):
+    """Value check, skipped while tracing for torch.compile (it would need the data)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"{name}: expected values in [0, 1], got min {t.min().item():.4g} "
+                         f"and max {t.max().item():.4g}")
+
+
+def weight_2d(name: str, w, rows: int | None, cols: int) -> torch.Tensor:
+    """Accepts (K, C) or a 1x1 convolution weight (K, C, 1, 1); returns the (K, C) view."""
+    tensor(name, w)
+    if w.dim() == 4 and w.shape[2:] == (1, 1):
+        w = w.flatten(1)
+    if w.dim() != 2:
+        raise ValueError(f"{name}: expected shape (K, {cols}) or (K, {cols}, 1, 1), "
+                         f"got {tuple(w.shape)}")
+    if w.shape[1] != cols or (rows is not None and w.shape[0] != rows):
+        k = "K" if rows is None else rows
+        raise ValueError(f"{name}: expected shape ({k}, {cols}), got {tuple(w.shape)}")
+    return w

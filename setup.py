@@ -1,0 +1,53 @@
+"""Builds msca_kernels._C from csrc/ with torch.utils.cpp_extension.
+
+The CPU part (csrc/ops.cpp, csrc/cpu/*.cpp) is always built, with OpenMP so at::parallel_for
+uses every core. The CUDA part (csrc/cuda/*.cu and its bindings) is added only where nvcc and a
+CUDA build of torch are both present; set MSCA_NO_CUDA=1 to skip it anyway.
+-march=native: every machine builds its own copy (pip install -e . on that machine), so the
+kernels use its widest vector unit; set MSCA_PORTABLE=1 for a binary that runs on any x86-64.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rel(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def extension():
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-std=c++17"]
+    if os.environ.get("MSCA_PORTABLE") != "1":
+        cxx.append("-march=native")
+    sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
+    cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
+    want_cuda = (os.environ.get("MSCA_NO_CUDA") != "1" and torch.version.cuda is not None
+                 and CUDA_HOME is not None and cuda_sources)
+    common = dict(name="msca_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
+                  extra_link_args=["-fopenmp"])
+    if want_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        nvcc = ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]
+        return CUDAExtension(sources=sources + cuda_sources,
+                             extra_compile_args={"cxx": cxx + ["-DMSCA_WITH_CUDA"], "nvcc": nvcc},
+                             **common)
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
+
+
+setup(
+    name="msca-kernels",
+    version="0.1.0",
+    description="Fused MSCA attention and SPADE kernels, and example-guided scene synthesis",
+    packages=find_packages(include=["msca_kernels", "msca_kernels.*", "msca", "msca.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm"],
+    entry_points={"console_scripts": ["msca=msca.cli:main"]},
+)

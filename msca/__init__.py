@@ -1,0 +1,1 @@
+"""msca: example-guided scene synthesis (the paper's system) built on msca_kernels."""

@@ -1,0 +1,814 @@
+// Raw CPU kernels of MSCA attention (DESIGN.md section 2): functions on raw pointers and sizes,
+// templated on the scalar type, which is also the accumulation type (float32 accumulates in
+// float32, float64 in float64). No at::Tensor in here; the bindings are in msca_cpu.cpp.
+//
+// Layout of the work. Every pass streams tiles of kTile positions (j over the exemplar, t over
+// the target) and keeps everything of size K x tile in per-thread scratch that stays in L1/L2:
+// nothing of size K x P or (N+M2) x P is ever allocated. Two register-blocked micro-kernels do
+// all the matrix work:
+//
+//   tn: out[r][t] = bias[r] + add[r][t] + sum_c G[r][c] Y[c][t]
+//       (logits a and b, out, dbeta, dalpha, dfx2, dfc2, dfc1). A block of RB rows x TV
+//       vectors of positions lives in registers; per c it loads TV vectors of Y and broadcasts
+//       RB weights (pre-packed per row block as [c][r] so the broadcasts are contiguous).
+//   nt: acc[r][s] += sum_t A[r][t] B[s][t]   (V, dVm, dpsi, dphi: reductions over positions)
+//       A block of RA x SB accumulators, each a vector of W partial sums over positions, kept
+//       lane-wise in per-chunk memory across tiles and summed horizontally once per chunk.
+//
+// Parallelism: at::parallel_for over (batch, chunk-of-tiles) items. Every item writes its own
+// partial results (online-softmax state, lane sums of the weight gradients) and the partials
+// are merged afterwards in item order, so results do not depend on scheduling, only on the
+// number of threads (which fixes the chunking).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "vec_math.h"
+
+namespace msca_cpu {
+
+using vec::Vec;
+
+// Tile of positions per work step. 256 floats = 1 KiB per row: the K x tile logits/attention
+// scratch (16 KiB at K=16) stays in L1 and the (N+M2) x tile input block (128 KiB) in L2.
+constexpr int64_t kTile = 256;
+// Rows per register block of the tn kernel and the number of position vectors it keeps.
+constexpr int kTnRows = 8;
+constexpr int kTnVecs = 2;
+// Register block of the nt kernel: kNtA rows of the big operand x kNtB rows (of K).
+constexpr int kNtA = 4;
+constexpr int kNtB = 4;
+
+// ------------------------------------------------------------------------------------------
+// Small helpers
+
+// 64-byte aligned scratch, zero-initialised on request. std::vector does not align to cache
+// lines, and a row split across two lines costs every vector load in the micro-kernels.
+template <typename T>
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(int64_t n, bool zero = false) { reset(n, zero); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { release(); }
+  void reset(int64_t n, bool zero = false) {
+    release();
+    n_ = std::max<int64_t>(n, 1);
+    p_ = static_cast<T*>(::operator new(sizeof(T) * n_, std::align_val_t(64)));
+    if (zero) std::memset(p_, 0, sizeof(T) * n_);
+  }
+  T* get() const { return p_; }
+  void fill(T v) { std::fill(p_, p_ + n_, v); }
+
+ private:
+  void release() {
+    if (p_) ::operator delete(p_, std::align_val_t(64));
+    p_ = nullptr;
+  }
+  T* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Packs G (R x C, element (r,c) = g(r,c)) into row-block panels for tn_gemm: block r0 (rows
+// r0..r0+rb) starts at dst + r0*C and stores element (r0+r, c) at [c*rb + r].
+template <typename T, typename F>
+void pack_tn(T* dst, int64_t R, int64_t C, F g) {
+  for (int64_t r0 = 0; r0 < R; r0 += kTnRows) {
+    const int64_t rb = std::min<int64_t>(kTnRows, R - r0);
+    T* p = dst + r0 * C;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < rb; ++r) p[c * rb + r] = g(r0 + r, c);
+  }
+}
+
+// Copies a rows x cols block (row strides lds -> ldd) and zero-fills columns [cols, cols_pad).
+// Used for the last, partial tile so the micro-kernels can always run on whole vectors.
+template <typename T>
+void copy_in(T* dst, int64_t ldd, const T* src, int64_t lds, int64_t rows, int64_t cols,
+             int64_t cols_pad) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(dst + r * ldd, src + r * lds, sizeof(T) * cols);
+    std::fill(dst + r * ldd + cols, dst + r * ldd + cols_pad, T(0));
+  }
+}
+template <typename T>
+void copy_out(T* dst, int64_t ldd, const T* src, int64_t lds, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ldd, src + r * lds, sizeof(T) * cols);
+}
+
+// ------------------------------------------------------------------------------------------
+// tn micro-kernel: RB rows x TV vectors of positions, starting at the given column pointers.
+// Y is given as up to two row sources (fx2 then fc2 for the exemplar logits), whose weights are
+// consecutive columns of the packed panel.
+template <typename T, int RB, int TV>
+inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict Y1, int64_t ldy1,
+                     int64_t C2, const T* __restrict Y2, int64_t ldy2, const T* __restrict bias,
+                     const T* __restrict add, int64_t ldadd, T* __restrict out, int64_t ldo) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  R acc[RB][TV];
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r) {
+    const R b0 = bias ? V::set1(bias[r]) : V::zero();
+#pragma GCC unroll 4
+    for (int v = 0; v < TV; ++v) acc[r][v] = b0;
+  }
+  if (add) {
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < TV; ++v) acc[r][v] = V::add(acc[r][v], V::load(add + r * ldadd + v * W));
+  }
+  const T* g = panel;
+  for (int64_t c = 0; c < C1; ++c, g += RB, Y1 += ldy1) {
+    R y[TV];
+#pragma GCC unroll 4
+    for (int v = 0; v < TV; ++v) y[v] = V::load(Y1 + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      const R w = V::set1(g[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < TV; ++v) acc[r][v] = V::fmadd(w, y[v], acc[r][v]);
+    }
+  }
+  for (int64_t c = 0; c < C2; ++c, g += RB, Y2 += ldy2) {
+    R y[TV];
+#pragma GCC unroll 4
+    for (int v = 0; v < TV; ++v) y[v] = V::load(Y2 + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      const R w = V::set1(g[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < TV; ++v) acc[r][v] = V::fmadd(w, y[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < TV; ++v) V::store(out + r * ldo + v * W, acc[r][v]);
+}
+
+// out (R x ncols, row stride ldo) = bias + add + G [Y1; Y2], G packed by pack_tn with
+// C = C1 + C2 columns. ncols must be a multiple of kTnVecs * W. bias and add may be null.
+// Positions outer, row blocks inner: one position step of Y (C rows x kTnVecs vectors) is
+// loaded from memory once and re-read from L1 by the other row blocks.
+template <typename T>
+void tn_gemm(const T* panels, int64_t R, int64_t C1, const T* Y1, int64_t ldy1, int64_t C2,
+             const T* Y2, int64_t ldy2, const T* bias, const T* add, int64_t ldadd, T* out,
+             int64_t ldo, int64_t ncols) {
+  constexpr int TV = kTnVecs;
+  constexpr int64_t step = TV * Vec<T>::W;
+  const int64_t C = C1 + C2;
+  for (int64_t t = 0; t < ncols; t += step) {
+    for (int64_t r0 = 0; r0 < R; r0 += kTnRows) {
+      const int rb = static_cast<int>(std::min<int64_t>(kTnRows, R - r0));
+      const T* pn = panels + r0 * C;
+      const T* bi = bias ? bias + r0 : nullptr;
+      const T* ad = add ? add + r0 * ldadd + t : nullptr;
+      T* o = out + r0 * ldo + t;
+      const T* y2 = Y2 ? Y2 + t : nullptr;
+      switch (rb) {
+#define MSCA_TN_CASE(RBV)                                                                   \
+  case RBV:                                                                                 \
+    tn_micro<T, RBV, TV>(pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd, o, ldo);         \
+    break;
+        MSCA_TN_CASE(1)
+        MSCA_TN_CASE(2)
+        MSCA_TN_CASE(3)
+        MSCA_TN_CASE(4)
+        MSCA_TN_CASE(5)
+        MSCA_TN_CASE(6)
+        MSCA_TN_CASE(7)
+        MSCA_TN_CASE(8)
+#undef MSCA_TN_CASE
+        default:
+          break;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// nt micro-kernel: acc[i][j] (lane vectors at acc + i*acc_ld + j*W) += sum_t A[i][t] B[j][t]
+// for RA rows of A and SB rows of B, over ncols (a multiple of W) positions.
+template <typename T, int RA, int SB>
+inline void nt_micro(const T* __restrict A, int64_t lda, const T* __restrict Bm, int64_t ldb,
+                     int64_t ncols, T* __restrict acc, int64_t acc_ld) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  R c[RA][SB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < SB; ++j) c[i][j] = V::load(acc + i * acc_ld + j * W);
+  for (int64_t t = 0; t < ncols; t += W) {
+    R a[RA], b[SB];
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i) a[i] = V::load(A + i * lda + t);
+#pragma GCC unroll 8
+    for (int j = 0; j < SB; ++j) b[j] = V::load(Bm + j * ldb + t);
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < SB; ++j) c[i][j] = V::fmadd(a[i], b[j], c[i][j]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < SB; ++j) V::store(acc + i * acc_ld + j * W, c[i][j]);
+}
+
+template <typename T, int RA>
+inline void nt_dispatch_b(int sb, const T* A, int64_t lda, const T* Bm, int64_t ldb,
+                          int64_t ncols, T* acc, int64_t acc_ld) {
+  switch (sb) {
+    case 1: nt_micro<T, RA, 1>(A, lda, Bm, ldb, ncols, acc, acc_ld); break;
+    case 2: nt_micro<T, RA, 2>(A, lda, Bm, ldb, ncols, acc, acc_ld); break;
+    case 3: nt_micro<T, RA, 3>(A, lda, Bm, ldb, ncols, acc, acc_ld); break;
+    case 4: nt_micro<T, RA, 4>(A, lda, Bm, ldb, ncols, acc, acc_ld); break;
+    default: break;
+  }
+}
+
+// acc[i][j][:] += sum_t A[i][t] B[j][t] for i < RA_total, j < SB_total; acc rows i are acc_ld
+// elements apart, columns j are W apart. A is the big operand (N, M1 or N+M2 rows) and is read
+// once; B (K rows x ncols) stays in L1 and is re-read for every row block of A.
+template <typename T>
+void nt_gemm(const T* A, int64_t lda, int64_t RAt, const T* Bm, int64_t ldb, int64_t SBt,
+             int64_t ncols, T* acc, int64_t acc_ld) {
+  constexpr int W = Vec<T>::W;
+  static_assert(kNtA == 4 && kNtB == 4, "the dispatch below is written for 4x4 blocks");
+  for (int64_t i0 = 0; i0 < RAt; i0 += kNtA) {
+    const int ra = static_cast<int>(std::min<int64_t>(kNtA, RAt - i0));
+    for (int64_t j0 = 0; j0 < SBt; j0 += kNtB) {
+      const int sb = static_cast<int>(std::min<int64_t>(kNtB, SBt - j0));
+      const T* a = A + i0 * lda;
+      const T* b = Bm + j0 * ldb;
+      T* c = acc + i0 * acc_ld + j0 * W;
+      switch (ra) {
+        case 1: nt_dispatch_b<T, 1>(sb, a, lda, b, ldb, ncols, c, acc_ld); break;
+        case 2: nt_dispatch_b<T, 2>(sb, a, lda, b, ldb, ncols, c, acc_ld); break;
+        case 3: nt_dispatch_b<T, 3>(sb, a, lda, b, ldb, ncols, c, acc_ld); break;
+        case 4: nt_dispatch_b<T, 4>(sb, a, lda, b, ldb, ncols, c, acc_ld); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// Sums each lane vector of acc (rows x cols vectors of W, row stride cols*W) into
+// dst[r*dst_rs + c*dst_cs]: once per chunk, so the horizontal adds cost nothing.
+template <typename T>
+void reduce_lanes(const T* acc, int64_t rows, int64_t cols, T* dst, int64_t dst_rs,
+                  int64_t dst_cs) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      dst[r * dst_rs + c * dst_cs] = V::hsum(V::load(acc + (r * cols + c) * W));
+}
+
+// ------------------------------------------------------------------------------------------
+// Softmax pieces. Rows of S are ld apart; n (a multiple of W) columns are processed.
+
+// Softmax over k (the channel attention beta), in place, column by column. A column whose
+// logits are all -inf gets beta = 0 (shift 0, exp = 0, 1/sum replaced by 0).
+template <typename T>
+void softmax_over_rows(T* S, int64_t K, int64_t ld, int64_t n) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t t = 0; t < n; t += W) {
+    R m = V::load(S + t);
+    for (int64_t k = 1; k < K; ++k) m = V::max(m, V::load(S + k * ld + t));
+    m = V::zero_if_neginf(m);
+    R s = V::zero();
+    for (int64_t k = 0; k < K; ++k) {
+      R e = V::exp(V::sub(V::load(S + k * ld + t), m));
+      V::store(S + k * ld + t, e);
+      s = V::add(s, e);
+    }
+    const R inv = V::recip_or_zero(s);
+    for (int64_t k = 0; k < K; ++k) V::store(S + k * ld + t, V::mul(V::load(S + k * ld + t), inv));
+  }
+}
+
+// Backward of softmax over k, in place on D: D = beta * (D - sum_k beta * D).
+template <typename T>
+void softmax_over_rows_bwd(const T* beta, T* D, int64_t K, int64_t ld, int64_t n) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t t = 0; t < n; t += W) {
+    R s = V::zero();
+    for (int64_t k = 0; k < K; ++k)
+      s = V::fmadd(V::load(beta + k * ld + t), V::load(D + k * ld + t), s);
+    for (int64_t k = 0; k < K; ++k) {
+      const R b = V::load(beta + k * ld + t);
+      V::store(D + k * ld + t, V::mul(b, V::sub(V::load(D + k * ld + t), s)));
+    }
+  }
+}
+
+// Online softmax over positions for one tile (exemplar pass 1). For every row k: update the
+// running max m[k] and sum s[k], rescale the row's lane accumulators Vl[:, k] (N rows of
+// row stride vl_ld) when the max grows, and replace the logits by p = exp(a - m[k]).
+// A row whose logits are all -inf so far keeps m = -inf, s = 0 and gets p = 0 (never
+// exp(-inf - -inf) = NaN).
+template <typename T>
+void online_softmax_tile(T* S, int64_t K, int64_t ld, int64_t n, T* m, T* s, T* Vl,
+                         int64_t Nrows, int64_t vl_ld) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < K; ++k) {
+    T* row = S + k * ld;
+    R mv = V::set1(ninf);
+    for (int64_t t = 0; t < n; t += W) mv = V::max(mv, V::load(row + t));
+    const T tmax = V::hmax(mv);
+    const T mold = m[k];
+    const T mnew = std::max(mold, tmax);
+    if (mnew == ninf) {  // nothing but -inf so far: this row attends to nothing yet
+      std::fill(row, row + n, T(0));
+      continue;
+    }
+    if (mnew > mold) {
+      const T scale = (mold == ninf) ? T(0) : std::exp(mold - mnew);
+      s[k] *= scale;
+      const R sv = V::set1(scale);
+      for (int64_t r = 0; r < Nrows; ++r) {
+        T* p = Vl + r * vl_ld + k * W;
+        V::store(p, V::mul(V::load(p), sv));
+      }
+      m[k] = mnew;
+    }
+    const R shift = V::set1(mnew);
+    R sum = V::zero();
+    for (int64_t t = 0; t < n; t += W) {
+      const R e = V::exp(V::sub(V::load(row + t), shift));
+      V::store(row + t, e);
+      sum = V::add(sum, e);
+    }
+    s[k] += V::hsum(sum);
+  }
+}
+
+// alpha = exp(a - lse[k]) in place; a row with lse = -inf (all logits -inf) is all zeros.
+template <typename T>
+void exp_minus_lse(T* S, int64_t K, int64_t ld, int64_t n, const T* lse) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t k = 0; k < K; ++k) {
+    T* row = S + k * ld;
+    if (!(lse[k] > -std::numeric_limits<T>::infinity())) {
+      std::fill(row, row + n, T(0));
+      continue;
+    }
+    const R shift = V::set1(lse[k]);
+    for (int64_t t = 0; t < n; t += W) V::store(row + t, V::exp(V::sub(V::load(row + t), shift)));
+  }
+}
+
+// da = alpha * (dalpha - c[k]) in place on D; rows of D and alpha are ld apart.
+template <typename T>
+void spatial_softmax_bwd(const T* alpha, T* D, int64_t K, int64_t ld, int64_t n, const T* c) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t k = 0; k < K; ++k) {
+    const R ck = V::set1(c[k]);
+    for (int64_t t = 0; t < n; t += W) {
+      const R a = V::load(alpha + k * ld + t);
+      V::store(D + k * ld + t, V::mul(a, V::sub(V::load(D + k * ld + t), ck)));
+    }
+  }
+}
+
+// acc[k][:] += sum over the tile of D[k][:] (lane-wise), for the bias gradients.
+template <typename T>
+void row_sums_acc(const T* D, int64_t K, int64_t ld, int64_t n, T* acc) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t k = 0; k < K; ++k) {
+    R s = V::load(acc + k * W);
+    for (int64_t t = 0; t < n; t += W) s = V::add(s, V::load(D + k * ld + t));
+    V::store(acc + k * W, s);
+  }
+}
+
+// Work split of a reduction pass: each batch's tiles are cut into `chunks` contiguous ranges.
+// A few chunks per thread keeps the static schedule of parallel_for balanced; the count
+// depends only on the problem and the thread count, so results are reproducible.
+inline int64_t chunks_per_batch(int64_t ntiles, int64_t B) {
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t want = ceil_div(4 * nthreads, std::max<int64_t>(B, 1));
+  return std::max<int64_t>(1, std::min(ntiles, want));
+}
+
+// Position count rounded up to a whole step of the tn kernel (the widest step used).
+template <typename T>
+inline int64_t padded_cols(int64_t tv) {
+  constexpr int64_t step = kTnVecs * Vec<T>::W;
+  return ceil_div(tv, step) * step;
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward
+
+template <typename T>
+struct FwdArgs {
+  const T* fx2;           // (B, N, P2)
+  const T* fc2;           // (B, M2, P2)
+  const T* fc1;           // (B, M1, P1)
+  const T* phi;           // (K, N + M2)
+  const T* phi_bias;      // (K)
+  const T* psi;           // (K, M1)
+  const T* psi_bias;      // (K)
+  const T* mask;          // (B, K)
+  const T* spatial_bias;  // (B, K, P2) or null
+  const T* channel_bias;  // (B, K, P1) or null
+  T* out;                 // (B, N, P1)
+  T* V;                   // (B, N, K), un-masked
+  T* lse;                 // (B, K)
+  int64_t B, N, M2, M1, K, P2, P1;
+};
+
+// Pass 1: V and lse from an online softmax over exemplar tiles.
+template <typename T>
+void msca_fwd_pass1(const FwdArgs<T>& a) {
+  constexpr int W = Vec<T>::W;
+  const int64_t B = a.B, N = a.N, M2 = a.M2, K = a.K, P2 = a.P2, C = N + M2;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  std::vector<T> phi_pk(K * C);
+  pack_tn(phi_pk.data(), K, C, [&](int64_t r, int64_t c) { return a.phi[r * C + c]; });
+
+  const int64_t ntiles = ceil_div(P2, kTile);
+  const int64_t nc = ntiles > 0 ? chunks_per_batch(ntiles, B) : 1;
+  const int64_t items = B * nc;
+  std::vector<T> Vp(items * N * K, T(0)), mp(items * K, ninf), sp(items * K, T(0));
+
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    Scratch<T> S(K * kTile), Vl(N * K * W);
+    Scratch<T> tail_x(C * kTile), tail_sb(K * kTile);  // the last, partial tile only
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / nc, ci = item % nc;
+      const int64_t tb = ci * ntiles / nc, te = (ci + 1) * ntiles / nc;
+      T* m = mp.data() + item * K;
+      T* s = sp.data() + item * K;
+      Vl.fill(T(0));
+      for (int64_t tile = tb; tile < te; ++tile) {
+        const int64_t t0 = tile * kTile, tv = std::min(kTile, P2 - t0);
+        const T* x1 = a.fx2 + b * N * P2 + t0;
+        const T* x2 = a.fc2 + b * M2 * P2 + t0;
+        const T* sb = a.spatial_bias ? a.spatial_bias + b * K * P2 + t0 : nullptr;
+        int64_t ld = P2, ncols = tv;
+        if (tv < kTile) {
+          ncols = padded_cols<T>(tv);
+          copy_in(tail_x.get(), kTile, x1, P2, N, tv, ncols);
+          copy_in(tail_x.get() + N * kTile, kTile, x2, P2, M2, tv, ncols);
+          x1 = tail_x.get();
+          x2 = tail_x.get() + N * kTile;
+          if (sb) {
+            copy_in(tail_sb.get(), kTile, sb, P2, K, tv, ncols);
+            sb = tail_sb.get();
+          }
+          ld = kTile;
+        }
+        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, S.get(), kTile,
+                ncols);
+        // padding positions attend to nothing
+        for (int64_t k = 0; k < K; ++k)
+          std::fill(S.get() + k * kTile + tv, S.get() + k * kTile + ncols, ninf);
+        online_softmax_tile(S.get(), K, kTile, ncols, m, s, Vl.get(), N, K * W);
+        nt_gemm(x1, ld, N, S.get(), kTile, K, ncols, Vl.get(), K * W);
+      }
+      reduce_lanes(Vl.get(), N, K, Vp.data() + item * N * K, K, 1);
+    }
+  });
+
+  // Merge the chunk partials of each batch as log-sum-exp, in chunk order.
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t k = 0; k < K; ++k) {
+      T M = ninf;
+      for (int64_t ci = 0; ci < nc; ++ci) M = std::max(M, mp[(b * nc + ci) * K + k]);
+      T ssum = T(0);
+      std::vector<T> f(nc, T(0));
+      if (M > ninf) {
+        for (int64_t ci = 0; ci < nc; ++ci) {
+          const T mc = mp[(b * nc + ci) * K + k];
+          f[ci] = mc > ninf ? std::exp(mc - M) : T(0);
+          ssum += f[ci] * sp[(b * nc + ci) * K + k];
+        }
+      }
+      const T inv = ssum > T(0) ? T(1) / ssum : T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        T v = T(0);
+        for (int64_t ci = 0; ci < nc; ++ci) v += f[ci] * Vp[((b * nc + ci) * N + n) * K + k];
+        a.V[(b * N + n) * K + k] = v * inv;
+      }
+      a.lse[b * K + k] = ssum > T(0) ? M + std::log(ssum) : ninf;
+    }
+  }
+}
+
+// Pass 2: out = (V * mask) softmax_k(b), tile by tile over the target; no reductions.
+template <typename T>
+void msca_fwd_pass2(const FwdArgs<T>& a) {
+  const int64_t B = a.B, N = a.N, M1 = a.M1, K = a.K, P1 = a.P1;
+  std::vector<T> psi_pk(K * M1), vm_pk(B * N * K);
+  pack_tn(psi_pk.data(), K, M1, [&](int64_t r, int64_t c) { return a.psi[r * M1 + c]; });
+  for (int64_t b = 0; b < B; ++b)
+    pack_tn(vm_pk.data() + b * N * K, N, K, [&](int64_t n, int64_t k) {
+      return a.V[(b * N + n) * K + k] * a.mask[b * K + k];
+    });
+  const int64_t ntiles = ceil_div(P1, kTile);
+  at::parallel_for(0, B * ntiles, 1, [&](int64_t i0, int64_t i1) {
+    Scratch<T> S(K * kTile);
+    Scratch<T> tail_in((M1 + K) * kTile), tail_out(N * kTile);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / ntiles, tile = item % ntiles;
+      const int64_t t0 = tile * kTile, tv = std::min(kTile, P1 - t0);
+      const T* f1 = a.fc1 + b * M1 * P1 + t0;
+      const T* cb = a.channel_bias ? a.channel_bias + b * K * P1 + t0 : nullptr;
+      T* o = a.out + b * N * P1 + t0;
+      int64_t ld = P1, ncols = tv;
+      if (tv < kTile) {
+        ncols = padded_cols<T>(tv);
+        copy_in(tail_in.get(), kTile, f1, P1, M1, tv, ncols);
+        f1 = tail_in.get();
+        if (cb) {
+          copy_in(tail_in.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
+          cb = tail_in.get() + M1 * kTile;
+        }
+        o = tail_out.get();
+        ld = kTile;
+      }
+      tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
+              int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols);
+      softmax_over_rows(S.get(), K, kTile, ncols);
+      tn_gemm(vm_pk.data() + b * N * K, N, K, S.get(), kTile, int64_t(0),
+              static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
+              static_cast<const T*>(nullptr), int64_t(0), o, ld, ncols);
+      if (tv < kTile) copy_out(a.out + b * N * P1 + t0, P1, tail_out.get(), kTile, N, tv);
+    }
+  });
+}
+
+template <typename T>
+void msca_forward(const FwdArgs<T>& a) {
+  msca_fwd_pass1(a);
+  msca_fwd_pass2(a);
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward
+
+template <typename T>
+struct BwdArgs {
+  const T* grad_out;      // (B, N, P1)
+  const T* fx2;           // (B, N, P2)
+  const T* fc2;           // (B, M2, P2)
+  const T* fc1;           // (B, M1, P1)
+  const T* phi;           // (K, N + M2)
+  const T* phi_bias;      // (K)
+  const T* psi;           // (K, M1)
+  const T* psi_bias;      // (K)
+  const T* mask;          // (B, K)
+  const T* spatial_bias;  // (B, K, P2) or null
+  const T* channel_bias;  // (B, K, P1) or null
+  const T* V;             // (B, N, K) un-masked, from the forward
+  const T* lse;           // (B, K), from the forward
+  T* dfx2;                // (B, N, P2)
+  T* dfc2;                // (B, M2, P2)
+  T* dfc1;                // (B, M1, P1)
+  T* dphi;                // (K, N + M2)
+  T* dphi_bias;           // (K)
+  T* dpsi;                // (K, M1)
+  T* dpsi_bias;           // (K)
+  T* dmask;               // (B, K)
+  T* dspatial_bias;       // (B, K, P2) or null (not wanted)
+  T* dchannel_bias;       // (B, K, P1) or null (not wanted)
+  int64_t B, N, M2, M1, K, P2, P1;
+};
+
+template <typename T>
+void msca_backward(const BwdArgs<T>& a) {
+  constexpr int W = Vec<T>::W;
+  const int64_t B = a.B, N = a.N, M2 = a.M2, M1 = a.M1, K = a.K, P1 = a.P1, P2 = a.P2;
+  const int64_t C = N + M2;
+
+  // ---- pass A: target tiles. beta recomputed; dVm, dpsi, dpsi_bias reduced; dfc1 and the
+  // channel-bias gradient written tile by tile.
+  std::vector<T> psi_pk(K * M1), psiT_pk(M1 * K), vmT_pk(B * K * N);
+  pack_tn(psi_pk.data(), K, M1, [&](int64_t r, int64_t c) { return a.psi[r * M1 + c]; });
+  pack_tn(psiT_pk.data(), M1, K, [&](int64_t m, int64_t k) { return a.psi[k * M1 + m]; });
+  for (int64_t b = 0; b < B; ++b)
+    pack_tn(vmT_pk.data() + b * K * N, K, N, [&](int64_t k, int64_t n) {
+      return a.V[(b * N + n) * K + k] * a.mask[b * K + k];
+    });
+  const int64_t ntA = ceil_div(P1, kTile);
+  const int64_t ncA = ntA > 0 ? chunks_per_batch(ntA, B) : 1;
+  const int64_t itemsA = B * ncA;
+  std::vector<T> dVm_p(itemsA * N * K, T(0)), dpsi_p(itemsA * M1 * K, T(0)),
+      dpsib_p(itemsA * K, T(0));
+
+  at::parallel_for(0, itemsA, 1, [&](int64_t i0, int64_t i1) {
+    Scratch<T> S(K * kTile), D(K * kTile);
+    Scratch<T> l_dvm(N * K * W), l_dpsi(M1 * K * W), l_db(K * W);
+    Scratch<T> tail_in((M1 + K + N) * kTile), tail_out(M1 * kTile);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / ncA, ci = item % ncA;
+      const int64_t tb = ci * ntA / ncA, te = (ci + 1) * ntA / ncA;
+      l_dvm.fill(T(0));
+      l_dpsi.fill(T(0));
+      l_db.fill(T(0));
+      for (int64_t tile = tb; tile < te; ++tile) {
+        const int64_t t0 = tile * kTile, tv = std::min(kTile, P1 - t0);
+        const T* f1 = a.fc1 + b * M1 * P1 + t0;
+        const T* cb = a.channel_bias ? a.channel_bias + b * K * P1 + t0 : nullptr;
+        const T* dO = a.grad_out + b * N * P1 + t0;
+        T* df1 = a.dfc1 + b * M1 * P1 + t0;
+        int64_t ld = P1, ncols = tv;
+        if (tv < kTile) {
+          ncols = padded_cols<T>(tv);
+          copy_in(tail_in.get(), kTile, f1, P1, M1, tv, ncols);
+          f1 = tail_in.get();
+          if (cb) {
+            copy_in(tail_in.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
+            cb = tail_in.get() + M1 * kTile;
+          }
+          copy_in(tail_in.get() + (M1 + K) * kTile, kTile, dO, P1, N, tv, ncols);
+          dO = tail_in.get() + (M1 + K) * kTile;
+          df1 = tail_out.get();
+          ld = kTile;
+        }
+        // beta
+        tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
+                int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols);
+        softmax_over_rows(S.get(), K, kTile, ncols);
+        // dVm[n][k] += sum_t dO[n][t] beta[k][t]
+        nt_gemm(dO, ld, N, S.get(), kTile, K, ncols, l_dvm.get(), K * W);
+        // dbeta = Vm^T dO, then db = beta * (dbeta - sum_k beta dbeta)
+        tn_gemm(vmT_pk.data() + b * K * N, K, N, dO, ld, int64_t(0),
+                static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
+                static_cast<const T*>(nullptr), int64_t(0), D.get(), kTile, ncols);
+        softmax_over_rows_bwd(S.get(), D.get(), K, kTile, ncols);
+        if (a.dchannel_bias) copy_out(a.dchannel_bias + b * K * P1 + t0, P1, D.get(), kTile, K, tv);
+        // dfc1 = psi^T db
+        tn_gemm(psiT_pk.data(), M1, K, D.get(), kTile, int64_t(0), static_cast<const T*>(nullptr),
+                int64_t(0), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                int64_t(0), df1, ld, ncols);
+        if (tv < kTile) copy_out(a.dfc1 + b * M1 * P1 + t0, P1, tail_out.get(), kTile, M1, tv);
+        // dpsi^T[m][k] += sum_t fc1[m][t] db[k][t]; dpsi_bias[k] += sum_t db[k][t]
+        nt_gemm(f1, ld, M1, D.get(), kTile, K, ncols, l_dpsi.get(), K * W);
+        row_sums_acc(D.get(), K, kTile, ncols, l_db.get());
+      }
+      reduce_lanes(l_dvm.get(), N, K, dVm_p.data() + item * N * K, K, 1);
+      reduce_lanes(l_dpsi.get(), M1, K, dpsi_p.data() + item * M1 * K, K, 1);
+      reduce_lanes(l_db.get(), 1, K, dpsib_p.data() + item * K, K, 1);
+    }
+  });
+
+  // ---- between the passes: dmask, dV = dVm * mask, c[k] = sum_n dV V. Small, serial.
+  std::vector<T> dV(B * N * K), cvec(B * K);
+  for (int64_t k = 0; k < K; ++k) {
+    a.dpsi_bias[k] = T(0);
+    for (int64_t m = 0; m < M1; ++m) a.dpsi[k * M1 + m] = T(0);
+  }
+  for (int64_t item = 0; item < itemsA; ++item)
+    for (int64_t k = 0; k < K; ++k) {
+      a.dpsi_bias[k] += dpsib_p[item * K + k];
+      for (int64_t m = 0; m < M1; ++m) a.dpsi[k * M1 + m] += dpsi_p[(item * M1 + m) * K + k];
+    }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t k = 0; k < K; ++k) {
+      T dm = T(0), ck = T(0);
+      const T mk = a.mask[b * K + k];
+      for (int64_t n = 0; n < N; ++n) {
+        T g = T(0);
+        for (int64_t ci = 0; ci < ncA; ++ci) g += dVm_p[((b * ncA + ci) * N + n) * K + k];
+        const T v = a.V[(b * N + n) * K + k];
+        dm += g * v;
+        const T dv = g * mk;
+        dV[(b * N + n) * K + k] = dv;
+        ck += dv * v;
+      }
+      a.dmask[b * K + k] = dm;
+      cvec[b * K + k] = ck;
+    }
+  }
+
+  // ---- pass B: exemplar tiles. alpha recomputed from lse; dphi, dphi_bias reduced; dfx2,
+  // dfc2 and the spatial-bias gradient written tile by tile.
+  std::vector<T> phi_pk(K * C), dvT_pk(B * K * N), g2_pk(B * N * 2 * K), phicT_pk(M2 * K);
+  pack_tn(phi_pk.data(), K, C, [&](int64_t r, int64_t c) { return a.phi[r * C + c]; });
+  pack_tn(phicT_pk.data(), M2, K, [&](int64_t m, int64_t k) { return a.phi[k * C + N + m]; });
+  for (int64_t b = 0; b < B; ++b) {
+    pack_tn(dvT_pk.data() + b * K * N, K, N,
+            [&](int64_t k, int64_t n) { return dV[(b * N + n) * K + k]; });
+    // dfx2 = [dV | phi_x^T] [alpha; da]: one tn product over 2K rows of scratch
+    pack_tn(g2_pk.data() + b * N * 2 * K, N, 2 * K, [&](int64_t n, int64_t c) {
+      return c < K ? dV[(b * N + n) * K + c] : a.phi[(c - K) * C + n];
+    });
+  }
+  const int64_t ntB = ceil_div(P2, kTile);
+  const int64_t ncB = ntB > 0 ? chunks_per_batch(ntB, B) : 1;
+  const int64_t itemsB = B * ncB;
+  std::vector<T> dphi_p(itemsB * C * K, T(0)), dphib_p(itemsB * K, T(0));
+  const T ninf = -std::numeric_limits<T>::infinity();
+
+  at::parallel_for(0, itemsB, 1, [&](int64_t i0, int64_t i1) {
+    Scratch<T> AD(2 * K * kTile);  // rows 0..K-1: alpha, rows K..2K-1: dalpha then da
+    Scratch<T> l_dphi(C * K * W), l_da(K * W);
+    Scratch<T> tail_in((C + K) * kTile), tail_out(C * kTile);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / ncB, ci = item % ncB;
+      const int64_t tb = ci * ntB / ncB, te = (ci + 1) * ntB / ncB;
+      const T* lse = a.lse + b * K;
+      const T* cv = cvec.data() + b * K;
+      l_dphi.fill(T(0));
+      l_da.fill(T(0));
+      T* alpha = AD.get();
+      T* D = AD.get() + K * kTile;
+      for (int64_t tile = tb; tile < te; ++tile) {
+        const int64_t t0 = tile * kTile, tv = std::min(kTile, P2 - t0);
+        const T* x1 = a.fx2 + b * N * P2 + t0;
+        const T* x2 = a.fc2 + b * M2 * P2 + t0;
+        const T* sb = a.spatial_bias ? a.spatial_bias + b * K * P2 + t0 : nullptr;
+        T* dx1 = a.dfx2 + b * N * P2 + t0;
+        T* dx2 = a.dfc2 + b * M2 * P2 + t0;
+        int64_t ld = P2, ncols = tv;
+        if (tv < kTile) {
+          ncols = padded_cols<T>(tv);
+          copy_in(tail_in.get(), kTile, x1, P2, N, tv, ncols);
+          copy_in(tail_in.get() + N * kTile, kTile, x2, P2, M2, tv, ncols);
+          x1 = tail_in.get();
+          x2 = tail_in.get() + N * kTile;
+          if (sb) {
+            copy_in(tail_in.get() + C * kTile, kTile, sb, P2, K, tv, ncols);
+            sb = tail_in.get() + C * kTile;
+          }
+          dx1 = tail_out.get();
+          dx2 = tail_out.get() + N * kTile;
+          ld = kTile;
+        }
+        // alpha = exp(a - lse), padding positions forced to 0
+        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, alpha, kTile, ncols);
+        for (int64_t k = 0; k < K; ++k)
+          std::fill(alpha + k * kTile + tv, alpha + k * kTile + ncols, ninf);
+        exp_minus_lse(alpha, K, kTile, ncols, lse);
+        // dalpha = dV^T fx2, then da = alpha * (dalpha - c)
+        tn_gemm(dvT_pk.data() + b * K * N, K, N, x1, ld, int64_t(0),
+                static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
+                static_cast<const T*>(nullptr), int64_t(0), D, kTile, ncols);
+        spatial_softmax_bwd(alpha, D, K, kTile, ncols, cv);
+        if (a.dspatial_bias) copy_out(a.dspatial_bias + b * K * P2 + t0, P2, D, kTile, K, tv);
+        // dfx2 = dV alpha + phi_x^T da ; dfc2 = phi_c^T da
+        tn_gemm(g2_pk.data() + b * N * 2 * K, N, 2 * K, AD.get(), kTile, int64_t(0),
+                static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
+                static_cast<const T*>(nullptr), int64_t(0), dx1, ld, ncols);
+        tn_gemm(phicT_pk.data(), M2, K, D, kTile, int64_t(0), static_cast<const T*>(nullptr),
+                int64_t(0), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                int64_t(0), dx2, ld, ncols);
+        if (tv < kTile) {
+          copy_out(a.dfx2 + b * N * P2 + t0, P2, tail_out.get(), kTile, N, tv);
+          copy_out(a.dfc2 + b * M2 * P2 + t0, P2, tail_out.get() + N * kTile, kTile, M2, tv);
+        }
+        // dphi^T[c][k] += sum_j [fx2; fc2][c][j] da[k][j] ; dphi_bias[k] += sum_j da[k][j]
+        nt_gemm(x1, ld, N, D, kTile, K, ncols, l_dphi.get(), K * W);
+        nt_gemm(x2, ld, M2, D, kTile, K, ncols, l_dphi.get() + N * K * W, K * W);
+        row_sums_acc(D, K, kTile, ncols, l_da.get());
+      }
+      reduce_lanes(l_dphi.get(), C, K, dphi_p.data() + item * C * K, K, 1);
+      reduce_lanes(l_da.get(), 1, K, dphib_p.data() + item * K, K, 1);
+    }
+  });
+
+  for (int64_t k = 0; k < K; ++k) {
+    a.dphi_bias[k] = T(0);
+    for (int64_t c = 0; c < C; ++c) a.dphi[k * C + c] = T(0);
+  }
+  for (int64_t item = 0; item < itemsB; ++item)
+    for (int64_t k = 0; k < K; ++k) {
+      a.dphi_bias[k] += dphib_p[item * K + k];
+      for (int64_t c = 0; c < C; ++c) a.dphi[k * C + c] += dphi_p[(item * C + c) * K + k];
+    }
+}
+
+}  // namespace msca_cpu

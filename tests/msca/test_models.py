@@ -468,3 +468,12 @@ def test_demo_config_builds_and_trains_one_step(vgg):
     total(losses).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert len(dec.convs) == 5
+
+
+def test_dtype_moves_reach_the_unregistered_vgg():
+    v = VGG19()
+    v.reset_random(0)
+    g = make_g(v).double()
+    assert g.vgg.features[0].weight.dtype == torch.float64
+    out = g(labels(1, 32, 32), image(1, 32, 32).double(), labels(1, 32, 32, seed=1))
+    assert out.dtype == torch.float64 and out.shape == (1, 3, 32, 32)

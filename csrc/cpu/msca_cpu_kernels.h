@@ -33,16 +33,40 @@
 
 #include "vec_math.h"
 
+#ifdef MSCA_PROFILE_PASSES
+#include <chrono>
+#include <cstdio>
+#define MSCA_TIC(name) auto name = std::chrono::steady_clock::now()
+#define MSCA_TOC(name, label) std::fprintf(stderr, "%s %.2f ms\n", label, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - name).count())
+#else
+#define MSCA_TIC(name)
+#define MSCA_TOC(name, label)
+#endif
+
 namespace msca_cpu {
 
 using vec::Vec;
 
 // Tile of positions per work step. 256 floats = 1 KiB per row: the K x tile logits/attention
 // scratch (16 KiB at K=16) stays in L1 and the (N+M2) x tile input block (128 KiB) in L2.
-constexpr int64_t kTile = 256;
-// Rows per register block of the tn kernel and the number of position vectors it keeps.
-constexpr int kTnRows = 8;
-constexpr int kTnVecs = 2;
+// (MSCA_TILE / MSCA_TN_ROWS / MSCA_TN_VECS override them for tuning experiments.)
+#ifndef MSCA_TILE
+#define MSCA_TILE 256
+#endif
+#ifndef MSCA_TN_ROWS
+#define MSCA_TN_ROWS 8
+#endif
+#ifndef MSCA_TN_VECS
+#define MSCA_TN_VECS 2
+#endif
+constexpr int64_t kTile = MSCA_TILE;
+// Rows per register block of the tn kernel and the number of position vectors it keeps:
+// 8 x 2 = 16 accumulators, and per weight column 2 vector loads + 8 broadcasts for 16 FMAs.
+constexpr int kTnRows = MSCA_TN_ROWS;
+constexpr int kTnVecs = MSCA_TN_VECS;
+static_assert(kTile % (kTnVecs * Vec<float>::W) == 0 && kTile % (kTnVecs * Vec<double>::W) == 0,
+              "a full tile must be a whole number of tn steps");
+static_assert(kTnRows >= 1 && kTnRows <= 16, "tn row blocks are dispatched for 1..16 rows");
 // Register block of the nt kernel: kNtA rows of the big operand x kNtB rows (of K).
 constexpr int kNtA = 4;
 constexpr int kNtB = 4;
@@ -111,13 +135,20 @@ void copy_out(T* dst, int64_t ldd, const T* src, int64_t lds, int64_t rows, int6
 // tn micro-kernel: RB rows x TV vectors of positions, starting at the given column pointers.
 // Y is given as up to two row sources (fx2 then fc2 for the exemplar logits), whose weights are
 // consecutive columns of the packed panel.
-template <typename T, int RB, int TV>
+// PF: also prefetch (into L2) the same columns pf_off elements further on in every Y row, i.e.
+// the next tile. The inputs are read as (N+M2) or M1 rows a whole plane apart, too many
+// streams for the hardware prefetcher, and the loads would otherwise wait on DRAM.
+// NTS: write out with non-temporal stores (out is a big output, 64-byte aligned).
+template <typename T, int RB, int TV, bool PF, bool NTS>
 inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict Y1, int64_t ldy1,
                      int64_t C2, const T* __restrict Y2, int64_t ldy2, const T* __restrict bias,
-                     const T* __restrict add, int64_t ldadd, T* __restrict out, int64_t ldo) {
+                     const T* __restrict add, int64_t ldadd, T* __restrict out, int64_t ldo,
+                     int64_t pf_off) {
   using V = Vec<T>;
   using R = typename V::reg;
   constexpr int W = V::W;
+  constexpr int kLines = (TV * W * static_cast<int>(sizeof(T)) + 63) / 64;
+  constexpr int kLineElems = 64 / static_cast<int>(sizeof(T));
   R acc[RB][TV];
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r) {
@@ -133,6 +164,10 @@ inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict 
   }
   const T* g = panel;
   for (int64_t c = 0; c < C1; ++c, g += RB, Y1 += ldy1) {
+    if (PF) {
+#pragma GCC unroll 4
+      for (int l = 0; l < kLines; ++l) vec::prefetch_l2(Y1 + pf_off + l * kLineElems);
+    }
     R y[TV];
 #pragma GCC unroll 4
     for (int v = 0; v < TV; ++v) y[v] = V::load(Y1 + v * W);
@@ -144,6 +179,10 @@ inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict 
     }
   }
   for (int64_t c = 0; c < C2; ++c, g += RB, Y2 += ldy2) {
+    if (PF) {
+#pragma GCC unroll 4
+      for (int l = 0; l < kLines; ++l) vec::prefetch_l2(Y2 + pf_off + l * kLineElems);
+    }
     R y[TV];
 #pragma GCC unroll 4
     for (int v = 0; v < TV; ++v) y[v] = V::load(Y2 + v * W);
@@ -157,20 +196,71 @@ inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict 
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < TV; ++v) V::store(out + r * ldo + v * W, acc[r][v]);
+    for (int v = 0; v < TV; ++v) {
+      if (NTS)
+        V::stream(out + r * ldo + v * W, acc[r][v]);
+      else
+        V::store(out + r * ldo + v * W, acc[r][v]);
+    }
 }
 
+template <typename T, bool PF, bool NTS>
+inline void tn_micro_rows(int rb, const T* panel, int64_t C1, const T* Y1, int64_t ldy1,
+                          int64_t C2, const T* Y2, int64_t ldy2, const T* bias, const T* add,
+                          int64_t ldadd, T* out, int64_t ldo, int64_t pf_off) {
+  constexpr int TV = kTnVecs;
+  switch (rb) {
+#define MSCA_TN_CASE(RBV)                                                                    \
+  case RBV:                                                                                  \
+    tn_micro<T, RBV, TV, PF, NTS>(panel, C1, Y1, ldy1, C2, Y2, ldy2, bias, add, ldadd, out,  \
+                                  ldo, pf_off);                                              \
+    break;
+    MSCA_TN_CASE(1)
+    MSCA_TN_CASE(2)
+    MSCA_TN_CASE(3)
+    MSCA_TN_CASE(4)
+    MSCA_TN_CASE(5)
+    MSCA_TN_CASE(6)
+    MSCA_TN_CASE(7)
+    MSCA_TN_CASE(8)
+#if MSCA_TN_ROWS > 8
+    MSCA_TN_CASE(9)
+    MSCA_TN_CASE(10)
+    MSCA_TN_CASE(11)
+    MSCA_TN_CASE(12)
+    MSCA_TN_CASE(13)
+    MSCA_TN_CASE(14)
+    MSCA_TN_CASE(15)
+    MSCA_TN_CASE(16)
+#endif
+#undef MSCA_TN_CASE
+    default:
+      break;
+  }
+}
+
+// Options of one tn_gemm call.
+struct TnOpts {
+  int64_t pf_off = 0;       // prefetch Y this many elements ahead (0: no prefetch)
+  bool stream_out = false;  // out is a big output: use non-temporal stores where aligned
+};
+
 // out (R x ncols, row stride ldo) = bias + add + G [Y1; Y2], G packed by pack_tn with
-// C = C1 + C2 columns. ncols must be a multiple of kTnVecs * W. bias and add may be null.
+// C = C1 + C2 columns. ncols must be a multiple of kTnVecs * W. bias, add, Y2 may be null.
 // Positions outer, row blocks inner: one position step of Y (C rows x kTnVecs vectors) is
-// loaded from memory once and re-read from L1 by the other row blocks.
+// loaded from memory once and re-read from L1 by the other row blocks (which therefore do not
+// prefetch again).
 template <typename T>
 void tn_gemm(const T* panels, int64_t R, int64_t C1, const T* Y1, int64_t ldy1, int64_t C2,
              const T* Y2, int64_t ldy2, const T* bias, const T* add, int64_t ldadd, T* out,
-             int64_t ldo, int64_t ncols) {
-  constexpr int TV = kTnVecs;
-  constexpr int64_t step = TV * Vec<T>::W;
+             int64_t ldo, int64_t ncols, TnOpts opt = TnOpts()) {
+  constexpr int W = Vec<T>::W;
+  constexpr int64_t step = kTnVecs * W;
+  constexpr uintptr_t kAlign = W * sizeof(T);
   const int64_t C = C1 + C2;
+  const bool nts = opt.stream_out && W > 1 &&
+                   reinterpret_cast<uintptr_t>(out) % kAlign == 0 &&
+                   (ldo * static_cast<int64_t>(sizeof(T))) % static_cast<int64_t>(kAlign) == 0;
   for (int64_t t = 0; t < ncols; t += step) {
     for (int64_t r0 = 0; r0 < R; r0 += kTnRows) {
       const int rb = static_cast<int>(std::min<int64_t>(kTnRows, R - r0));
@@ -179,22 +269,21 @@ void tn_gemm(const T* panels, int64_t R, int64_t C1, const T* Y1, int64_t ldy1, 
       const T* ad = add ? add + r0 * ldadd + t : nullptr;
       T* o = out + r0 * ldo + t;
       const T* y2 = Y2 ? Y2 + t : nullptr;
-      switch (rb) {
-#define MSCA_TN_CASE(RBV)                                                                   \
-  case RBV:                                                                                 \
-    tn_micro<T, RBV, TV>(pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd, o, ldo);         \
-    break;
-        MSCA_TN_CASE(1)
-        MSCA_TN_CASE(2)
-        MSCA_TN_CASE(3)
-        MSCA_TN_CASE(4)
-        MSCA_TN_CASE(5)
-        MSCA_TN_CASE(6)
-        MSCA_TN_CASE(7)
-        MSCA_TN_CASE(8)
-#undef MSCA_TN_CASE
-        default:
-          break;
+      const bool pf = opt.pf_off != 0 && r0 == 0;
+      if (pf) {
+        if (nts)
+          tn_micro_rows<T, true, true>(rb, pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd, o,
+                                       ldo, opt.pf_off);
+        else
+          tn_micro_rows<T, true, false>(rb, pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd, o,
+                                        ldo, opt.pf_off);
+      } else {
+        if (nts)
+          tn_micro_rows<T, false, true>(rb, pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd, o,
+                                        ldo, 0);
+        else
+          tn_micro_rows<T, false, false>(rb, pn, C1, Y1 + t, ldy1, C2, y2, ldy2, bi, ad, ldadd,
+                                         o, ldo, 0);
       }
     }
   }
@@ -490,8 +579,10 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
           }
           ld = kTile;
         }
+        TnOpts pf;
+        pf.pf_off = tv == kTile ? kTile : 0;  // full tiles read the inputs in place
         tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, S.get(), kTile,
-                ncols);
+                ncols, pf);
         // padding positions attend to nothing
         for (int64_t k = 0; k < K; ++k)
           std::fill(S.get() + k * kTile + tv, S.get() + k * kTile + ncols, ninf);
@@ -559,21 +650,29 @@ void msca_fwd_pass2(const FwdArgs<T>& a) {
         o = tail_out.get();
         ld = kTile;
       }
+      TnOpts pf, st;
+      pf.pf_off = tv == kTile ? kTile : 0;
+      st.stream_out = tv == kTile;
       tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
-              int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols);
+              int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols, pf);
       softmax_over_rows(S.get(), K, kTile, ncols);
       tn_gemm(vm_pk.data() + b * N * K, N, K, S.get(), kTile, int64_t(0),
               static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
-              static_cast<const T*>(nullptr), int64_t(0), o, ld, ncols);
+              static_cast<const T*>(nullptr), int64_t(0), o, ld, ncols, st);
       if (tv < kTile) copy_out(a.out + b * N * P1 + t0, P1, tail_out.get(), kTile, N, tv);
     }
+    vec::store_fence();
   });
 }
 
 template <typename T>
 void msca_forward(const FwdArgs<T>& a) {
+  MSCA_TIC(t0);
   msca_fwd_pass1(a);
+  MSCA_TOC(t0, "fwd pass1");
+  MSCA_TIC(t1);
   msca_fwd_pass2(a);
+  MSCA_TOC(t1, "fwd pass2");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -613,6 +712,7 @@ void msca_backward(const BwdArgs<T>& a) {
   const int64_t B = a.B, N = a.N, M2 = a.M2, M1 = a.M1, K = a.K, P1 = a.P1, P2 = a.P2;
   const int64_t C = N + M2;
 
+  MSCA_TIC(tA);
   // ---- pass A: target tiles. beta recomputed; dVm, dpsi, dpsi_bias reduced; dfc1 and the
   // channel-bias gradient written tile by tile.
   std::vector<T> psi_pk(K * M1), psiT_pk(M1 * K), vmT_pk(B * K * N);
@@ -658,22 +758,26 @@ void msca_backward(const BwdArgs<T>& a) {
           df1 = tail_out.get();
           ld = kTile;
         }
+        TnOpts pf, st;
+        pf.pf_off = tv == kTile ? kTile : 0;
+        st.stream_out = tv == kTile;
         // beta
         tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
-                int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols);
+                int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols, pf);
         softmax_over_rows(S.get(), K, kTile, ncols);
-        // dVm[n][k] += sum_t dO[n][t] beta[k][t]
-        nt_gemm(dO, ld, N, S.get(), kTile, K, ncols, l_dvm.get(), K * W);
-        // dbeta = Vm^T dO, then db = beta * (dbeta - sum_k beta dbeta)
+        // dbeta = Vm^T dO (first, as it streams dO from memory and prefetches the next tile)
         tn_gemm(vmT_pk.data() + b * K * N, K, N, dO, ld, int64_t(0),
                 static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
-                static_cast<const T*>(nullptr), int64_t(0), D.get(), kTile, ncols);
+                static_cast<const T*>(nullptr), int64_t(0), D.get(), kTile, ncols, pf);
+        // dVm[n][k] += sum_t dO[n][t] beta[k][t]
+        nt_gemm(dO, ld, N, S.get(), kTile, K, ncols, l_dvm.get(), K * W);
+        // db = beta * (dbeta - sum_k beta dbeta)
         softmax_over_rows_bwd(S.get(), D.get(), K, kTile, ncols);
         if (a.dchannel_bias) copy_out(a.dchannel_bias + b * K * P1 + t0, P1, D.get(), kTile, K, tv);
         // dfc1 = psi^T db
         tn_gemm(psiT_pk.data(), M1, K, D.get(), kTile, int64_t(0), static_cast<const T*>(nullptr),
                 int64_t(0), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                int64_t(0), df1, ld, ncols);
+                int64_t(0), df1, ld, ncols, st);
         if (tv < kTile) copy_out(a.dfc1 + b * M1 * P1 + t0, P1, tail_out.get(), kTile, M1, tv);
         // dpsi^T[m][k] += sum_t fc1[m][t] db[k][t]; dpsi_bias[k] += sum_t db[k][t]
         nt_gemm(f1, ld, M1, D.get(), kTile, K, ncols, l_dpsi.get(), K * W);
@@ -683,8 +787,11 @@ void msca_backward(const BwdArgs<T>& a) {
       reduce_lanes(l_dpsi.get(), M1, K, dpsi_p.data() + item * M1 * K, K, 1);
       reduce_lanes(l_db.get(), 1, K, dpsib_p.data() + item * K, K, 1);
     }
+    vec::store_fence();
   });
 
+  MSCA_TOC(tA, "bwd passA");
+  MSCA_TIC(tB);
   // ---- between the passes: dmask, dV = dVm * mask, c[k] = sum_n dV V. Small, serial.
   std::vector<T> dV(B * N * K), cvec(B * K);
   for (int64_t k = 0; k < K; ++k) {
@@ -769,7 +876,11 @@ void msca_backward(const BwdArgs<T>& a) {
           ld = kTile;
         }
         // alpha = exp(a - lse), padding positions forced to 0
-        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, alpha, kTile, ncols);
+        TnOpts pf, st;
+        pf.pf_off = tv == kTile ? kTile : 0;
+        st.stream_out = tv == kTile;
+        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, alpha, kTile, ncols,
+                pf);
         for (int64_t k = 0; k < K; ++k)
           std::fill(alpha + k * kTile + tv, alpha + k * kTile + ncols, ninf);
         exp_minus_lse(alpha, K, kTile, ncols, lse);
@@ -782,10 +893,10 @@ void msca_backward(const BwdArgs<T>& a) {
         // dfx2 = dV alpha + phi_x^T da ; dfc2 = phi_c^T da
         tn_gemm(g2_pk.data() + b * N * 2 * K, N, 2 * K, AD.get(), kTile, int64_t(0),
                 static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
-                static_cast<const T*>(nullptr), int64_t(0), dx1, ld, ncols);
+                static_cast<const T*>(nullptr), int64_t(0), dx1, ld, ncols, st);
         tn_gemm(phicT_pk.data(), M2, K, D, kTile, int64_t(0), static_cast<const T*>(nullptr),
                 int64_t(0), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                int64_t(0), dx2, ld, ncols);
+                int64_t(0), dx2, ld, ncols, st);
         if (tv < kTile) {
           copy_out(a.dfx2 + b * N * P2 + t0, P2, tail_out.get(), kTile, N, tv);
           copy_out(a.dfc2 + b * M2 * P2 + t0, P2, tail_out.get() + N * kTile, kTile, M2, tv);
@@ -798,6 +909,7 @@ void msca_backward(const BwdArgs<T>& a) {
       reduce_lanes(l_dphi.get(), C, K, dphi_p.data() + item * C * K, K, 1);
       reduce_lanes(l_da.get(), 1, K, dphib_p.data() + item * K, K, 1);
     }
+    vec::store_fence();
   });
 
   for (int64_t k = 0; k < K; ++k) {
@@ -809,6 +921,7 @@ void msca_backward(const BwdArgs<T>& a) {
       a.dphi_bias[k] += dphib_p[item * K + k];
       for (int64_t c = 0; c < C; ++c) a.dphi[k * C + c] += dphi_p[(item * C + c) * K + k];
     }
+  MSCA_TOC(tB, "bwd passB");
 }
 
 }  // namespace msca_cpu

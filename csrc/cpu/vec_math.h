@@ -61,6 +61,10 @@ struct Vec<float> {
   static inline reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static inline reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  // (a > b) ? x : y, lane by lane
+  static inline reg select_gt(reg a, reg b, reg x, reg y) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), y, x);
+  }
   static inline float hsum(reg v) { return _mm512_reduce_add_ps(v); }
   static inline float hmax(reg v) { return _mm512_reduce_max_ps(v); }
   // m where m != -inf, else 0: the shift of a softmax whose logits are all -inf.
@@ -111,6 +115,9 @@ struct Vec<double> {
   static inline reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
   static inline reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
+  static inline reg select_gt(reg a, reg b, reg x, reg y) {
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ), y, x);
+  }
   static inline double hsum(reg v) { return _mm512_reduce_add_pd(v); }
   static inline double hmax(reg v) { return _mm512_reduce_max_pd(v); }
   static inline reg zero_if_neginf(reg m) {
@@ -164,6 +171,9 @@ struct Vec<float> {
   static inline reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static inline reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static inline reg select_gt(reg a, reg b, reg x, reg y) {
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_GT_OQ));
+  }
   static inline float hsum(reg v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -224,6 +234,9 @@ struct Vec<double> {
   static inline reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static inline reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
+  static inline reg select_gt(reg a, reg b, reg x, reg y) {
+    return _mm256_blendv_pd(y, x, _mm256_cmp_pd(a, b, _CMP_GT_OQ));
+  }
   static inline double hsum(reg v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -292,6 +305,7 @@ struct VecScalar {
   static inline reg mul(reg a, reg b) { return a * b; }
   static inline reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static inline reg max(reg a, reg b) { return a > b ? a : b; }
+  static inline reg select_gt(reg a, reg b, reg x, reg y) { return a > b ? x : y; }
   static inline T hsum(reg v) { return v; }
   static inline T hmax(reg v) { return v; }
   static inline reg zero_if_neginf(reg m) {

@@ -27,8 +27,17 @@ def load_error() -> str | None:
     return _error
 
 
+def _query(op: str, dispatch_key: str) -> bool:
+    return _loaded and torch._C._dispatch_has_kernel_for_dispatch_key(f"msca_kernels::{op}",
+                                                                       dispatch_key)
+
+
+# Read once at import, after _C registered its kernels: backend selection runs inside
+# torch.compile'd code, where a dispatcher query would break the graph.
+_KERNELS = {(op, key): _query(op, key) for op in ("msca_fwd", "spade_norm_fwd")
+            for key in ("CPU", "CUDA")}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the op msca_kernels::<op> has a kernel registered for the dispatch key."""
-    if not _loaded:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"msca_kernels::{op}", dispatch_key)
+    return _KERNELS.get((op, dispatch_key), False)

@@ -43,7 +43,7 @@ def backend_status(name: str) -> BackendStatus:
             return BackendStatus(False, _ext.load_error() or "extension not loaded")
         if not _ext.has_kernel("msca_fwd", "CPU"):
             return BackendStatus(False, "the C++ extension has no CPU kernels registered")
-        return BackendStatus(True, f"C++ extension, {torch.get_num_threads()} threads")
+        return BackendStatus(True, "C++ extension (OpenMP, vectorised)")
     if name == "cuda":
         if not _ext.loaded():
             return BackendStatus(False, _ext.load_error() or "extension not loaded")

@@ -49,11 +49,17 @@ def check_against_reference(inputs, backend, dtype, tol=None, **kw):
     assert out.dtype == dtype and out.shape == ref_out.shape
     assert torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref_out) < tol, ("out", rel_err(out.cpu(), ref_out))
+    # Some exact gradients are zero: phi_bias shifts a whole softmax row (its gradient is a sum
+    # of P2 terms that cancel), and with a 1x1 exemplar and no mask the output does not depend
+    # on fc1. Their rounding noise is measured against 1% of the largest gradient instead.
+    floor = 0.01 * max(g.norm().item() for g in ref_grads.values())
     for name, gref in ref_grads.items():
         got = grads[name]
         assert got is not None and got.dtype == dtype and got.shape == gref.shape, name
         assert torch.isfinite(got).all(), name
-        assert rel_err(got.cpu(), gref) < tol * 4, (name, rel_err(got.cpu(), gref))
+        den = max(gref.norm().item(), floor)
+        err = (got.cpu().double() - gref).norm().item() / (den if den > 0 else 1.0)
+        assert err < tol * 4, (name, err)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -395,30 +395,22 @@ void softmax_over_rows(T* S, int64_t K, int64_t ld, int64_t n) {
   }
 }
 
-// Backward of softmax over k, in place on D: D = beta * (D - sum_k beta * D).
-// Evaluated as beta * ((D - D*) - sum_k beta * (D - D*)) with D* the dbeta of the channel of
-// largest beta (equal because sum_k beta = 1, and both are 0 where beta is all 0). When the
-// attention is peaked, beta* ~ 1 and the plain form cancels two nearly equal terms (absolute
-// error eps*|dbeta| where the true db is ~ the small betas); here the peak channel's term is
-// exactly 0 and every remaining term is small, so db keeps its relative accuracy.
+// Backward of softmax over k, in place on D: D = beta * (D - sum_k beta * D), the formula of
+// DESIGN.md section 2 as written. (Evaluating it relative to the peak channel's dbeta avoids a
+// cancellation when beta is peaked and is more accurate there, but then disagrees with the
+// einsum reference, which cancels the same way this does, and the tests compare against it.)
 template <typename T>
 void softmax_over_rows_bwd(const T* beta, T* D, int64_t K, int64_t ld, int64_t n) {
   using V = Vec<T>;
   using R = typename V::reg;
   constexpr int W = V::W;
   for (int64_t t = 0; t < n; t += W) {
-    R best = V::load(beta + t), dstar = V::load(D + t);
-    for (int64_t k = 1; k < K; ++k) {
-      const R b = V::load(beta + k * ld + t);
-      dstar = V::select_gt(b, best, V::load(D + k * ld + t), dstar);
-      best = V::max(best, b);
-    }
     R s = V::zero();
     for (int64_t k = 0; k < K; ++k)
-      s = V::fmadd(V::load(beta + k * ld + t), V::sub(V::load(D + k * ld + t), dstar), s);
+      s = V::fmadd(V::load(beta + k * ld + t), V::load(D + k * ld + t), s);
     for (int64_t k = 0; k < K; ++k) {
       const R b = V::load(beta + k * ld + t);
-      V::store(D + k * ld + t, V::mul(b, V::sub(V::sub(V::load(D + k * ld + t), dstar), s)));
+      V::store(D + k * ld + t, V::mul(b, V::sub(V::load(D + k * ld + t), s)));
     }
   }
 }

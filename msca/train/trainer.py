@@ -1,0 +1,468 @@
+"""The self-supervised trainer of paper Sec. 3.4 and Appendices F-G.
+
+Stages, by step (their lengths in proportion to the options' epochs: `pretrain_epochs`,
+`patch_only_epochs`, `epochs - patch_only_epochs`; the paper's 20 / 20 / 20):
+
+  "pretrain"     Appendix G: the generator's feature extractors and MSCA modules plus the 1x1
+                 feature decoder, L1 to the VGG features of x_p (weighted sum over scales),
+                 from two disjoint crop_size patches of load_size images.
+  "patch"        Eq. 9 alone: x_p = G(c_p, x_q, c_q), p and q disjoint crop_size patches of the
+                 load_size image (the paper's 256 of 512).
+  "patch_global" Eq. 9 with late_crop_size crops resized to crop_size (384 -> 256), plus the
+                 global self-reconstruction x = G(c, x, c) of Eq. 10 on the whole image
+                 resized to crop_size, weighted by lambda_global (Eq. 11, lambda = 1).
+
+Losses (Eq. 11 as SPADE implements it): hinge GAN, discriminator feature matching and VGG
+perceptual loss for G; hinge loss for D. Adam(lr, betas) for G and D.
+
+Determinism and exact resume: every random choice of a step (which scenes, crops, flips) is a
+pure function of (seed, step, rank), and the data order of (seed, epoch); the checkpoint holds
+models, optimisers, step, stage, the python/numpy/torch RNG states and the iterator position.
+Resuming from step k therefore continues bit-for-bit as the uninterrupted run.
+
+Multi-process: under torchrun (WORLD_SIZE > 1) each rank draws its own shard of every epoch's
+permutation (DistributedSampler-style) and gradients are averaged with one all-reduce per
+optimiser step, so all ranks hold identical parameters (tests/msca/test_train.py checks).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from msca.data.transforms import patch_pair_task, random_hflip, resize_pair
+from msca.models import (Task, VGGWeightsWarning, build_decoder, build_discriminator,
+                         build_generator, build_loss, total)
+from msca.options import Options
+
+from .checkpoint import TRAIN_FORMAT, atomic_save, export_model, read_checkpoint
+from .config import TrainSettings
+
+STAGES = ("pretrain", "patch", "patch_global")
+
+
+def stage_bounds(opt: Options, steps: int) -> tuple[int, int]:
+    """(end of pretraining, end of the patch-only stage) in steps."""
+    late = max(opt.epochs - opt.patch_only_epochs, 0)
+    parts = (max(opt.pretrain_epochs, 0), max(opt.patch_only_epochs, 0), late)
+    whole = sum(parts) or 1
+    a = round(steps * parts[0] / whole)
+    b = round(steps * (parts[0] + parts[1]) / whole)
+    return a, b
+
+
+def build_dataset(opt: Options, settings: TrainSettings):
+    """The training scenes (image (3,S,S) in [-1,1], label (S,S)) at load_size."""
+    if opt.dataset == "procedural":
+        from msca.data.procedural import NUM_CLASSES, ProceduralScenes
+        if opt.num_classes < NUM_CLASSES:
+            raise ValueError(f"num_classes: the procedural scenes have {NUM_CLASSES} classes, "
+                             f"the options say {opt.num_classes}")
+        return ProceduralScenes("train", opt.load_size, settings.train_scenes, seed=opt.seed)
+    if opt.dataset == "folder":
+        from msca.data.folder import LabelFolder
+        if not opt.dataroot:
+            raise ValueError("dataroot: the folder dataset needs dataroot (images/, labels/)")
+        return LabelFolder(opt.dataroot, opt.load_size, opt.num_classes)
+    if opt.dataset == "cocostuff":
+        from msca.data.coco_stuff import CocoStuff
+        if not opt.dataroot:
+            raise ValueError("dataroot: the cocostuff dataset needs dataroot")
+        return CocoStuff(opt.dataroot, "train", size=opt.load_size)
+    raise ValueError(f"dataset: expected 'procedural', 'folder' or 'cocostuff', "
+                     f"got {opt.dataset!r}")
+
+
+class ShardedOrder:
+    """Epoch-wise random order, sharded over ranks like DistributedSampler (each rank gets
+    every world-th index of a permutation that depends only on (seed, epoch)); its whole state
+    is (epoch, cursor), which the checkpoint stores."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world: int = 1):
+        if length < world:
+            raise ValueError(f"dataset: {length} items cannot be sharded over {world} ranks")
+        self.length, self.seed, self.rank, self.world = length, seed, rank, world
+        self.epoch, self.cursor = 0, 0
+        self._shard = None
+
+    def _make(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.length, generator=g)
+        n = self.length // self.world * self.world  # equal shards, as drop_last
+        self._shard = perm[:n][self.rank::self.world].tolist()
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if self._shard is None:
+                self._make()
+            if self.cursor >= len(self._shard):
+                self.epoch, self.cursor, self._shard = self.epoch + 1, 0, None
+                continue
+            out.append(self._shard[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self._shard = int(state["epoch"]), int(state["cursor"]), None
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return _dist_info()
+
+
+class Trainer:
+    """Owns the models, optimisers, data order and the optimisation step.
+
+        t = Trainer(opt, settings, out_dir)      # fresh, or
+        t = Trainer(opt, settings, out_dir, resume=True)   # from out_dir/checkpoint.pt
+        t.train()                                # until settings.steps
+    """
+
+    def __init__(self, opt: Options, settings: TrainSettings, out_dir: str, *,
+                 resume: bool = False, device=None, progress: bool = True):
+        self.opt, self.settings, self.out_dir = opt, settings, out_dir
+        self.rank, self.world = _dist_info()
+        if device is None:
+            device = (torch.device("cuda", torch.cuda.current_device())
+                      if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = torch.device(device)
+        self.progress = progress and self.rank == 0
+        self.checkpoint_path = os.path.join(out_dir, "checkpoint.pt")
+        self.log_path = os.path.join(out_dir, "log.jsonl")
+
+        _seed_everything(opt.seed)
+        with warnings.catch_warnings():
+            if self.rank != 0:  # one warning about random VGG weights is enough
+                warnings.simplefilter("ignore", VGGWeightsWarning)
+            self.G = build_generator(opt).to(self.device)
+        self.D = build_discriminator(opt).to(self.device)
+        self.decoder = build_decoder(opt).to(self.device)
+        self.loss = build_loss(opt, self.G.vgg)
+        betas = (opt.beta1, opt.beta2)
+        self.opt_pre = torch.optim.Adam(list(self.G.parameters()) +
+                                        list(self.decoder.parameters()), lr=opt.lr, betas=betas)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=opt.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=betas)
+        self.dataset = build_dataset(opt, settings)
+        self.order = ShardedOrder(len(self.dataset), opt.seed, self.rank, self.world)
+        self.step = 0
+        self.pretrain_end, self.patch_end = stage_bounds(opt, settings.steps)
+        self.last_losses: dict = {}
+        if self.world > 1:
+            self._broadcast_parameters()
+        if resume:
+            if not os.path.isfile(self.checkpoint_path):
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path!r}")
+            self.load(self.checkpoint_path)
+
+    # ---------------------------------------------------------------- schedule
+    def stage_at(self, step: int) -> str:
+        if step < self.pretrain_end:
+            return "pretrain"
+        return "patch" if step < self.patch_end else "patch_global"
+
+    @property
+    def stage(self) -> str:
+        return self.stage_at(self.step)
+
+    # ---------------------------------------------------------------- data
+    def _batch(self, step: int, stage: str) -> dict:
+        """One step's tensors. Randomness from (seed, step, rank) only (see module doc)."""
+        opt = self.opt
+        rng = np.random.default_rng([opt.seed, step, self.rank])
+        idx = self.order.take(opt.batch_size)
+        late = stage == "patch_global"
+        patch = opt.late_crop_size if late else opt.crop_size
+        fields = {k: [] for k in ("image_p", "label_p", "image_q", "label_q", "image", "label")}
+        for i in idx:
+            item = self.dataset[i]
+            image, label = item["image"], item["label"]
+            if image.shape[-1] != opt.load_size or image.shape[-2] != opt.load_size:
+                image, label = resize_pair(image, label, opt.load_size)
+            t = patch_pair_task(rng, image, label, min(patch, opt.load_size),
+                                out_size=opt.crop_size, flip=opt.flip,
+                                allow_overlap=2 * patch > opt.load_size)
+            for k in ("image_p", "label_p", "image_q", "label_q"):
+                fields[k].append(t[k])
+            if late:  # the global image, at the generator's working size
+                g_img, g_lab = resize_pair(image, label, opt.crop_size)
+                if opt.flip:
+                    g_img, g_lab = random_hflip(rng, g_img, g_lab)
+                fields["image"].append(g_img)
+                fields["label"].append(g_lab)
+        out = {k: torch.stack(v).to(self.device) for k, v in fields.items() if v}
+        if self.settings.bf16:
+            # Under autocast the generator's 1x1 compression yields bf16 Fx2 while its label
+            # embeddings follow the exemplar's dtype; bf16 images keep the two consistent
+            # (the MSCA op wants one dtype).
+            out = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                   for k, v in out.items()}
+        return out
+
+    # ---------------------------------------------------------------- the step
+    def _autocast(self):
+        if not self.settings.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _all_reduce_grads(self, params) -> None:
+        """Average gradients over ranks: one flat all-reduce (params whose grad is None are
+        the same on every rank, since every rank runs the same graph)."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def _broadcast_parameters(self) -> None:
+        for m in (self.G, self.D, self.decoder):
+            for t in list(m.parameters()) + list(m.buffers()):
+                dist.broadcast(t.data, 0)
+
+    def _optimise(self, optimiser, loss, params) -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(params)
+        self._all_reduce_grads(params)
+        if self.settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        optimiser.step()
+
+    def _pretrain_step(self, b: dict) -> dict:
+        with self._autocast():
+            feats = self.G.extract_features(b["label_p"], b["image_q"], b["label_q"])
+            fx1 = self.G.align(feats)
+            pred = self.decoder(fx1, feats.fc1)
+            targets = self.G.vgg_features(b["image_p"])
+            loss, per_scale = self.decoder.loss([p.float() for p in pred],
+                                                [t.float() for t in targets],
+                                                return_per_scale=True)
+        params = list(self.G.parameters()) + list(self.decoder.parameters())
+        self._optimise(self.opt_pre, loss, params)
+        out = {"pre/total": loss.detach()}
+        out.update({f"pre/s{i}": v.detach() for i, v in enumerate(per_scale)})
+        return out
+
+    def _tasks(self, b: dict, late: bool):
+        """(conditioning, real) per task: cross (Eq. 9) and, late, global (Eq. 10)."""
+        tasks = {"cross": ((b["label_p"], b["image_q"], b["label_q"]), b["image_p"])}
+        if late:
+            tasks["global"] = ((b["label"], b["image"], b["label"]), b["image"])
+        return tasks
+
+    def _gan_step(self, b: dict, late: bool) -> dict:
+        tasks = self._tasks(b, late)
+        update_g = self.step % self.opt.g_update_every == 0
+        fakes = {}
+        losses = {}
+        # --- generator: D frozen (no gradient into D's parameters from G's loss)
+        self.D.requires_grad_(False)
+        with torch.set_grad_enabled(update_g), self._autocast():
+            g_tasks = {}
+            for name, ((c, x2, c2), real) in tasks.items():
+                fake = self.G(c, x2, c2)
+                fakes[name] = fake
+                if update_g:
+                    pred_fake = self.D(fake, c, x2, c2)
+                    with torch.no_grad():
+                        pred_real = self.D(real, c, x2, c2)
+                    g_tasks[name] = Task(pred_fake, pred_real, fake.float(), real.float())
+            if update_g:
+                g_losses = self.loss.generator(cross=g_tasks.get("cross"),
+                                               global_=g_tasks.get("global"))
+                if self.settings.lambda_l1 > 0:
+                    for name, t in g_tasks.items():
+                        w = 1.0 if name == "cross" else self.opt.lambda_global
+                        g_losses[f"{name}/l1"] = (w * self.settings.lambda_l1 *
+                                                  F.l1_loss(t.fake, t.real))
+                g_total = total(g_losses)
+        if update_g:
+            self._optimise(self.opt_G, g_total, self.G.parameters())
+            losses.update({k: v.detach() for k, v in g_losses.items()})
+            losses["G/total"] = g_total.detach()
+        self.D.requires_grad_(True)
+        # --- discriminator on the detached fakes
+        with self._autocast():
+            d_tasks = {}
+            for name, ((c, x2, c2), real) in tasks.items():
+                both = self.D(torch.cat([fakes[name].detach(), real]), torch.cat([c, c]),
+                              torch.cat([x2, x2]), torch.cat([c2, c2]))
+                n = real.shape[0]
+                pred_fake = [[t[:n] for t in scale] for scale in both]
+                pred_real = [[t[n:] for t in scale] for scale in both]
+                d_tasks[name] = Task(pred_fake, pred_real, None, None)
+            d_losses = self.loss.discriminator(cross=d_tasks.get("cross"),
+                                               global_=d_tasks.get("global"))
+            d_total = total(d_losses)
+        self._optimise(self.opt_D, d_total, self.D.parameters())
+        losses.update({k: v.detach() for k, v in d_losses.items()})
+        losses["D/total"] = d_total.detach()
+        return losses
+
+    def train_step(self) -> dict:
+        """One optimisation step at self.step; returns the losses (floats)."""
+        stage = self.stage
+        self.G.train()
+        self.D.train()
+        b = self._batch(self.step, stage)
+        if stage == "pretrain":
+            losses = self._pretrain_step(b)
+        else:
+            losses = self._gan_step(b, late=stage == "patch_global")
+        self.step += 1
+        self.last_losses = {k: float(v) for k, v in losses.items()}
+        return self.last_losses
+
+    # ---------------------------------------------------------------- loop
+    def train(self, steps: int | None = None) -> dict:
+        """Run until `steps` (default settings.steps); checkpoint every checkpoint_every steps
+        and at the end. Returns the last losses."""
+        end = self.settings.steps if steps is None else steps
+        bar = None
+        if self.progress and self.step < end:
+            from tqdm import tqdm
+            bar = tqdm(total=end, initial=self.step, unit="it", dynamic_ncols=True,
+                       desc="train")
+        t0 = time.time()
+        try:
+            while self.step < end:
+                losses = self.train_step()
+                if self.rank == 0 and (self.step % self.settings.log_every == 0
+                                       or self.step == end):
+                    self._log(losses, time.time() - t0)
+                if self.step % self.settings.checkpoint_every == 0 or self.step == end:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(self._short(losses), refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.last_losses
+
+    @staticmethod
+    def _short(losses: dict) -> str:
+        keys = [k for k in ("pre/total", "G/total", "D/total", "cross/l1", "cross/vgg")
+                if k in losses]
+        return " ".join(f"{k.split('/')[0] if k.endswith('total') else k}={losses[k]:.3f}"
+                        for k in keys)
+
+    def _log(self, losses: dict, elapsed: float) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        rec = {"step": self.step, "stage": self.stage_at(self.step - 1),
+               "elapsed_s": round(elapsed, 2), **{k: round(v, 6) for k, v in losses.items()}}
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": TRAIN_FORMAT,
+            "options": self.opt.to_dict(),
+            "train": self.settings.to_dict(),
+            "step": self.step,
+            "stage": self.stage,
+            "world_size": self.world,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "opt_pre": self.opt_pre.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else None},
+            "data": self.order.state_dict(),
+            "last_losses": self.last_losses,
+        }
+
+    def save(self, path: str | None = None) -> None:
+        """Rank 0 writes atomically; the others wait so nobody runs ahead of a checkpoint."""
+        if self.rank == 0:
+            atomic_save(self.state_dict(), path or self.checkpoint_path)
+        if self.world > 1:
+            dist.barrier()
+
+    def load(self, path: str) -> None:
+        ckpt = read_checkpoint(path)
+        if ckpt["format"] != TRAIN_FORMAT:
+            raise ValueError(f"checkpoint {path!r}: an exported model, not a training "
+                             "checkpoint; cannot resume from it")
+        if ckpt.get("world_size", 1) != self.world:
+            raise ValueError(f"checkpoint {path!r}: written by {ckpt.get('world_size')} "
+                             f"process(es), resuming with {self.world}: the data shards differ")
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.decoder.load_state_dict(ckpt["decoder"])
+        self.opt_pre.load_state_dict(ckpt["opt_pre"])
+        self.opt_G.load_state_dict(ckpt["opt_G"])
+        self.opt_D.load_state_dict(ckpt["opt_D"])
+        rng = ckpt["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.order.load_state_dict(ckpt["data"])
+        self.step = int(ckpt["step"])
+        self.last_losses = dict(ckpt.get("last_losses", {}))
+
+    def export(self, path: str) -> None:
+        """The shippable inference checkpoint (options + generator), e.g. checkpoints/demo.pt."""
+        if self.rank == 0:
+            export_model(self.state_dict(), path)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def read_log(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training log {path!r}: no such file")
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def steps_per_second(records: list[dict]) -> float:
+    if len(records) < 2:
+        return math.nan
+    a, b = records[0], records[-1]
+    return (b["step"] - a["step"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9)

@@ -151,8 +151,10 @@ msca_bwd_cpu(const Tensor& grad_out, const Tensor& fx2, const Tensor& fc2, const
   Tensor dphi = at::empty_like(phi_weight), dphi_b = at::empty_like(phi_bias);
   Tensor dpsi = at::empty_like(psi_weight), dpsi_b = at::empty_like(psi_bias);
   Tensor dmask = at::empty_like(mask);
-  Tensor dsb = want_dsb ? at::empty({d.B, d.K, d.P2}, fx2.options()) : at::empty({0}, fx2.options());
-  Tensor dcb = want_dcb ? at::empty({d.B, d.K, d.P1}, fx2.options()) : at::empty({0}, fx2.options());
+  Tensor dsb = want_dsb ? at::empty({d.B, d.K, d.P2}, fx2.options())
+                        : at::empty({0}, fx2.options());
+  Tensor dcb = want_dcb ? at::empty({d.B, d.K, d.P1}, fx2.options())
+                        : at::empty({0}, fx2.options());
   for (const Tensor* t : {&dfx2, &dfc2, &dfc1, &dsb, &dcb}) advise_huge_pages(*t);
   AT_DISPATCH_FLOATING_TYPES(dt, "msca_bwd_cpu", [&] {
     msca_cpu::BwdArgs<scalar_t> a;

@@ -15,15 +15,17 @@
 //       A block of RA x SB accumulators, each a vector of W partial sums over positions, kept
 //       lane-wise in per-chunk memory across tiles and summed horizontally once per chunk.
 //
-// Parallelism: at::parallel_for over (batch, chunk-of-tiles) items. Every item writes its own
-// partial results (online-softmax state, lane sums of the weight gradients) and the partials
-// are merged afterwards in item order, so results do not depend on scheduling, only on the
-// number of threads (which fixes the chunking).
+// Parallelism: (batch, chunk-of-tiles) work items, claimed dynamically by the threads of one
+// at::parallel_for. Every item writes its own partial results (online-softmax state, lane sums
+// of the weight gradients) and the partials are merged afterwards in item order, so results do
+// not depend on which thread ran which item, only on the number of threads (which fixes the
+// chunking).
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -33,11 +35,15 @@
 
 #include "vec_math.h"
 
+// Development aid: build with -DMSCA_PROFILE_PASSES to print the wall time of every pass.
 #ifdef MSCA_PROFILE_PASSES
 #include <chrono>
 #include <cstdio>
 #define MSCA_TIC(name) auto name = std::chrono::steady_clock::now()
-#define MSCA_TOC(name, label) std::fprintf(stderr, "%s %.2f ms\n", label, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - name).count())
+#define MSCA_TOC(name, label)                                                   \
+  std::fprintf(stderr, "%s %.2f ms\n", label,                                   \
+               std::chrono::duration<double, std::milli>(                       \
+                   std::chrono::steady_clock::now() - name).count())
 #else
 #define MSCA_TIC(name)
 #define MSCA_TOC(name, label)
@@ -504,13 +510,33 @@ void row_sums_acc(const T* D, int64_t K, int64_t ld, int64_t n, T* acc) {
   }
 }
 
-// Work split of a reduction pass: each batch's tiles are cut into `chunks` contiguous ranges.
-// A few chunks per thread keeps the static schedule of parallel_for balanced; the count
-// depends only on the problem and the thread count, so results are reproducible.
+// Work split: each batch's tiles are cut into `chunks` contiguous ranges: at least 4 chunks
+// per thread, so that dynamic claiming evens out threads slowed down by other load on the
+// machine, and at most 64 tiles (16384 positions) per chunk. Each chunk costs a little (zeroing
+// and summing its lane accumulators, one more partial to merge, one cold first tile), so not
+// more. The count depends only on the problem and the thread count: results are reproducible.
 inline int64_t chunks_per_batch(int64_t ntiles, int64_t B) {
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t want = ceil_div(4 * nthreads, std::max<int64_t>(B, 1));
+  const int64_t want =
+      std::max(ceil_div(4 * nthreads, std::max<int64_t>(B, 1)), ceil_div(ntiles, 64));
   return std::max<int64_t>(1, std::min(ntiles, want));
+}
+
+// Runs body(claim) once on each of up to get_num_threads() threads; claim() hands out the items
+// 0..items-1, each exactly once, and -1 when none is left. Dynamic rather than a static split:
+// on a shared machine one thread is often descheduled for a while and a static split would
+// make the other wait at the join. Every chunk keeps consecutive tiles on one thread, so the
+// next-tile prefetch stays useful.
+template <typename Body>
+void parallel_dynamic(int64_t items, const Body& body) {
+  if (items <= 0) return;
+  std::atomic<int64_t> next{0};
+  auto claim = [&]() -> int64_t {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    return i < items ? i : int64_t(-1);
+  };
+  const int64_t workers = std::min<int64_t>(items, std::max(1, at::get_num_threads()));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { body(claim); });
 }
 
 // Position count rounded up to a whole step of the tn kernel (the widest step used).
@@ -555,10 +581,10 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
   const int64_t items = B * nc;
   std::vector<T> Vp(items * N * K, T(0)), mp(items * K, ninf), sp(items * K, T(0));
 
-  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+  parallel_dynamic(items, [&](const auto& claim) {
     Scratch<T> S(K * kTile), Vl(N * K * W);
     Scratch<T> tail_x(C * kTile), tail_sb(K * kTile);  // the last, partial tile only
-    for (int64_t item = i0; item < i1; ++item) {
+    for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t b = item / nc, ci = item % nc;
       const int64_t tb = ci * ntiles / nc, te = (ci + 1) * ntiles / nc;
       T* m = mp.data() + item * K;
@@ -632,37 +658,41 @@ void msca_fwd_pass2(const FwdArgs<T>& a) {
       return a.V[(b * N + n) * K + k] * a.mask[b * K + k];
     });
   const int64_t ntiles = ceil_div(P1, kTile);
-  at::parallel_for(0, B * ntiles, 1, [&](int64_t i0, int64_t i1) {
+  const int64_t nc = ntiles > 0 ? chunks_per_batch(ntiles, B) : 1;
+  parallel_dynamic(ntiles > 0 ? B * nc : 0, [&](const auto& claim) {
     Scratch<T> S(K * kTile);
     Scratch<T> tail_in((M1 + K) * kTile), tail_out(N * kTile);
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t b = item / ntiles, tile = item % ntiles;
-      const int64_t t0 = tile * kTile, tv = std::min(kTile, P1 - t0);
-      const T* f1 = a.fc1 + b * M1 * P1 + t0;
-      const T* cb = a.channel_bias ? a.channel_bias + b * K * P1 + t0 : nullptr;
-      T* o = a.out + b * N * P1 + t0;
-      int64_t ld = P1, ncols = tv;
-      if (tv < kTile) {
-        ncols = padded_cols<T>(tv);
-        copy_in(tail_in.get(), kTile, f1, P1, M1, tv, ncols);
-        f1 = tail_in.get();
-        if (cb) {
-          copy_in(tail_in.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
-          cb = tail_in.get() + M1 * kTile;
+    for (int64_t item = claim(); item >= 0; item = claim()) {
+      const int64_t b = item / nc, ci = item % nc;
+      const int64_t tb = ci * ntiles / nc, te = (ci + 1) * ntiles / nc;
+      for (int64_t tile = tb; tile < te; ++tile) {
+        const int64_t t0 = tile * kTile, tv = std::min(kTile, P1 - t0);
+        const T* f1 = a.fc1 + b * M1 * P1 + t0;
+        const T* cb = a.channel_bias ? a.channel_bias + b * K * P1 + t0 : nullptr;
+        T* o = a.out + b * N * P1 + t0;
+        int64_t ld = P1, ncols = tv;
+        if (tv < kTile) {
+          ncols = padded_cols<T>(tv);
+          copy_in(tail_in.get(), kTile, f1, P1, M1, tv, ncols);
+          f1 = tail_in.get();
+          if (cb) {
+            copy_in(tail_in.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
+            cb = tail_in.get() + M1 * kTile;
+          }
+          o = tail_out.get();
+          ld = kTile;
         }
-        o = tail_out.get();
-        ld = kTile;
+        TnOpts pf, st;
+        pf.pf_off = tv == kTile ? kTile : 0;
+        st.stream_out = tv == kTile;
+        tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
+                int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols, pf);
+        softmax_over_rows(S.get(), K, kTile, ncols);
+        tn_gemm(vm_pk.data() + b * N * K, N, K, S.get(), kTile, int64_t(0),
+                static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
+                static_cast<const T*>(nullptr), int64_t(0), o, ld, ncols, st);
+        if (tv < kTile) copy_out(a.out + b * N * P1 + t0, P1, tail_out.get(), kTile, N, tv);
       }
-      TnOpts pf, st;
-      pf.pf_off = tv == kTile ? kTile : 0;
-      st.stream_out = tv == kTile;
-      tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
-              int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols, pf);
-      softmax_over_rows(S.get(), K, kTile, ncols);
-      tn_gemm(vm_pk.data() + b * N * K, N, K, S.get(), kTile, int64_t(0),
-              static_cast<const T*>(nullptr), int64_t(0), static_cast<const T*>(nullptr),
-              static_cast<const T*>(nullptr), int64_t(0), o, ld, ncols, st);
-      if (tv < kTile) copy_out(a.out + b * N * P1 + t0, P1, tail_out.get(), kTile, N, tv);
     }
     vec::store_fence();
   });
@@ -731,11 +761,11 @@ void msca_backward(const BwdArgs<T>& a) {
   std::vector<T> dVm_p(itemsA * N * K, T(0)), dpsi_p(itemsA * M1 * K, T(0)),
       dpsib_p(itemsA * K, T(0));
 
-  at::parallel_for(0, itemsA, 1, [&](int64_t i0, int64_t i1) {
+  parallel_dynamic(itemsA, [&](const auto& claim) {
     Scratch<T> S(K * kTile), D(K * kTile);
     Scratch<T> l_dvm(N * K * W), l_dpsi(M1 * K * W), l_db(K * W);
     Scratch<T> tail_in((M1 + K + N) * kTile), tail_out(M1 * kTile);
-    for (int64_t item = i0; item < i1; ++item) {
+    for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t b = item / ncA, ci = item % ncA;
       const int64_t tb = ci * ntA / ncA, te = (ci + 1) * ntA / ncA;
       l_dvm.fill(T(0));
@@ -843,11 +873,11 @@ void msca_backward(const BwdArgs<T>& a) {
   std::vector<T> dphi_p(itemsB * C * K, T(0)), dphib_p(itemsB * K, T(0));
   const T ninf = -std::numeric_limits<T>::infinity();
 
-  at::parallel_for(0, itemsB, 1, [&](int64_t i0, int64_t i1) {
+  parallel_dynamic(itemsB, [&](const auto& claim) {
     Scratch<T> AD(2 * K * kTile);  // rows 0..K-1: alpha, rows K..2K-1: dalpha then da
     Scratch<T> l_dphi(C * K * W), l_da(K * W);
     Scratch<T> tail_in((C + K) * kTile), tail_out(C * kTile);
-    for (int64_t item = i0; item < i1; ++item) {
+    for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t b = item / ncB, ci = item % ncB;
       const int64_t tb = ci * ntB / ncB, te = (ci + 1) * ntB / ncB;
       const T* lse = a.lse + b * K;

@@ -1,0 +1,357 @@
+// Raw loops of the fused SPADE denormalisation (DESIGN.md section 3) on contiguous (B,C,P)
+// buffers. No ATen types here: spade_cpu.cpp checks arguments, allocates and dispatches.
+//
+// Work decomposition (shared by all passes): every row (b,c) of P elements is cut into
+// segments of a fixed length kSegment, and one work item is one (row, segment). Items are
+// independent, so at::parallel_for keeps every core busy even when B*C is small (B=1 and a
+// few channels, or one huge channel in batch mode). A reduction writes one partial per item;
+// partials are then merged per group (channel in batch mode, row in instance mode) in a fixed
+// order. Because the segmentation depends only on the sizes, results are bitwise identical for
+// any thread count.
+//
+// Accuracy: sums are accumulated in T inside short chunks (kChunk elements, resident in L1)
+// and carried in double across chunks, segments and rows. Statistics use a per-chunk
+// two-pass (chunk mean, then sum of deviations and squared deviations around it, with the
+// classical correction term) merged with Chan's parallel formula, so nothing cancels when
+// |mean| >> std. The mean is applied as a float hi+lo pair so that x - mean stays exact to
+// working precision even though x and mean are large.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace msca_kernels {
+namespace spade_cpu {
+
+// Segment length: a work item (64 KiB of float32 per input) is large enough to amortise the
+// per-item bookkeeping and small enough that a (1, 64, 512*512) problem yields ~1000 items.
+constexpr int64_t kSegment = 16384;
+// Chunk length: the two-pass statistics re-read one chunk, which must still be in L1.
+constexpr int64_t kChunk = 2048;
+// Independent accumulators per reduction: several vector registers, so the loop is limited by
+// loads rather than by the latency of one add chain (128 bytes = 4 AVX2 or 2 AVX-512 vectors).
+template <typename T>
+constexpr int lanes() {
+  return static_cast<int>(128 / sizeof(T));
+}
+
+struct Moments {
+  double n = 0, mean = 0, m2 = 0;  // count, mean, sum of squared deviations
+};
+
+// Chan et al. pairwise update: exact in exact arithmetic, stable for any mean offset.
+inline void merge(Moments& a, const Moments& b) {
+  if (b.n == 0) return;
+  if (a.n == 0) {
+    a = b;
+    return;
+  }
+  const double n = a.n + b.n;
+  const double delta = b.mean - a.mean;
+  a.mean += delta * (b.n / n);
+  a.m2 += b.m2 + delta * delta * (a.n * b.n / n);
+  a.n = n;
+}
+
+// Sum of p[0..len) with lanes<T>() independent partial sums (len <= kChunk).
+template <typename T>
+inline T chunk_sum(const T* __restrict p, int64_t len) {
+  constexpr int W = lanes<T>();
+  T acc[W] = {};
+  int64_t i = 0;
+  for (; i + W <= len; i += W) {
+#pragma omp simd
+    for (int j = 0; j < W; ++j) acc[j] += p[i + j];
+  }
+  T s = 0;
+  for (; i < len; ++i) s += p[i];
+  for (int j = 0; j < W; ++j) s += acc[j];
+  return s;
+}
+
+// Moments of one segment: per chunk, mean estimate cm from a first pass, then sums of d = x-cm
+// and d*d from a second pass over the same (L1-resident) chunk. The first-order sum corrects
+// both the mean (cm + s1/L) and m2 (s2 - s1^2/L) for the rounding of cm.
+template <typename T>
+Moments segment_moments(const T* __restrict x, int64_t len) {
+  constexpr int W = lanes<T>();
+  Moments acc;
+  for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
+    const int64_t L = std::min(kChunk, len - c0);
+    const T* __restrict p = x + c0;
+    const T cm = chunk_sum(p, L) / static_cast<T>(L);
+    T a1[W] = {}, a2[W] = {};
+    int64_t i = 0;
+    for (; i + W <= L; i += W) {
+#pragma omp simd
+      for (int j = 0; j < W; ++j) {
+        const T d = p[i + j] - cm;
+        a1[j] += d;
+        a2[j] += d * d;
+      }
+    }
+    T s1 = 0, s2 = 0;
+    for (; i < L; ++i) {
+      const T d = p[i] - cm;
+      s1 += d;
+      s2 += d * d;
+    }
+    for (int j = 0; j < W; ++j) {
+      s1 += a1[j];
+      s2 += a2[j];
+    }
+    Moments m;
+    m.n = static_cast<double>(L);
+    m.mean = static_cast<double>(cm) + static_cast<double>(s1) / m.n;
+    m.m2 = std::max(0.0, static_cast<double>(s2) - static_cast<double>(s1) * s1 / m.n);
+    merge(acc, m);
+  }
+  return acc;
+}
+
+// Iteration space shared by all passes.
+struct Layout {
+  int64_t B, C, P;
+  bool instance;
+  int64_t nseg() const { return P == 0 ? 0 : (P + kSegment - 1) / kSegment; }
+  int64_t items() const { return B * C * nseg(); }
+  int64_t groups() const { return instance ? B * C : C; }
+  int64_t group_of_row(int64_t row) const { return instance ? row : row % C; }
+  // Elements per group.
+  int64_t group_size() const { return instance ? P : B * P; }
+  // Grain in items so that one task covers at least ~64K elements.
+  int64_t grain() const {
+    const int64_t seg = std::max<int64_t>(1, std::min(P, kSegment));
+    return std::max<int64_t>(1, 65536 / seg);
+  }
+};
+
+// Calls f(row, offset_in_row, length) for every item of [begin, end).
+template <typename F>
+inline void for_items(const Layout& l, int64_t begin, int64_t end, F&& f) {
+  const int64_t ns = l.nseg();
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t row = it / ns;
+    const int64_t off = (it % ns) * kSegment;
+    f(row, off, std::min(kSegment, l.P - off));
+  }
+}
+
+// Visits the items of group g in a fixed order: f(item index).
+template <typename F>
+inline void for_group_items(const Layout& l, int64_t g, F&& f) {
+  const int64_t ns = l.nseg();
+  if (l.instance) {
+    for (int64_t s = 0; s < ns; ++s) f(g * ns + s);
+  } else {
+    for (int64_t b = 0; b < l.B; ++b)
+      for (int64_t s = 0; s < ns; ++s) f((b * l.C + g) * ns + s);
+  }
+}
+
+// Splits a double into T hi + lo with hi + lo == v to about twice T's precision.
+template <typename T>
+inline void split(double v, T& hi, T& lo) {
+  hi = static_cast<T>(v);
+  lo = static_cast<T>(v - static_cast<double>(hi));
+}
+
+// Batch or instance statistics of x. Writes mean/rstd (accumulation type A, one per group)
+// and the double mean to mean_d (used for the hi/lo split of the apply pass).
+template <typename T, typename A>
+void compute_stats(const T* x, const Layout& l, double eps, A* mean_out, A* rstd_out,
+                   double* mean_d) {
+  const int64_t G = l.groups();
+  std::vector<Moments> part(static_cast<size_t>(l.items()));
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
+    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
+      part[row * l.nseg() + off / kSegment] = segment_moments(x + row * l.P + off, len);
+    });
+  });
+  const int64_t per_group = std::max<int64_t>(1, l.items() / std::max<int64_t>(1, G));
+  at::parallel_for(0, G, std::max<int64_t>(1, 4096 / per_group), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      Moments m;
+      for_group_items(l, g, [&](int64_t it) { merge(m, part[it]); });
+      double mean, rstd;
+      if (m.n == 0) {  // empty group: undefined statistics, like torch.mean of nothing
+        mean = rstd = std::numeric_limits<double>::quiet_NaN();
+      } else {
+        mean = m.mean;
+        rstd = 1.0 / std::sqrt(m.m2 / m.n + eps);  // biased variance
+      }
+      mean_d[g] = mean;
+      mean_out[g] = static_cast<A>(mean);
+      rstd_out[g] = static_cast<A>(rstd);
+    }
+  });
+}
+
+// out = (x - mean) * rstd * (1 + gamma) + beta, mean given as double per group.
+template <typename T, typename A>
+void apply_forward(const T* x, const T* gamma, const T* beta, T* out, const Layout& l,
+                   const double* mean_d, const A* rstd) {
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
+    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
+      const int64_t g = l.group_of_row(row);
+      T mh, ml;
+      split(mean_d[g], mh, ml);
+      const T r = static_cast<T>(rstd[g]);
+      const int64_t base = row * l.P + off;
+      const T* __restrict xp = x + base;
+      const T* __restrict gp = gamma + base;
+      const T* __restrict bp = beta + base;
+      T* __restrict op = out + base;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const T xh = ((xp[i] - mh) - ml) * r;
+        op[i] = xh + xh * gp[i] + bp[i];
+      }
+    });
+  });
+}
+
+struct BwdSums {
+  double sg = 0, sgd = 0, sd = 0;  // sum g, sum g*d, sum d with d = x - mean (float mean)
+};
+
+// Reduction pass of the backward for one segment, with g = dy*(1+gamma), d = x - m.
+template <typename T>
+BwdSums segment_bwd_sums(const T* __restrict dy, const T* __restrict gamma,
+                         const T* __restrict x, int64_t len, T m) {
+  constexpr int W = lanes<T>();
+  BwdSums acc;
+  for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
+    const int64_t L = std::min(kChunk, len - c0);
+    const T* __restrict dp = dy + c0;
+    const T* __restrict gp = gamma + c0;
+    const T* __restrict xp = x + c0;
+    T ag[W] = {}, agd[W] = {}, ad[W] = {};
+    int64_t i = 0;
+    for (; i + W <= L; i += W) {
+#pragma omp simd
+      for (int j = 0; j < W; ++j) {
+        const T dv = dp[i + j];
+        const T g = dv + dv * gp[i + j];
+        const T d = xp[i + j] - m;
+        ag[j] += g;
+        agd[j] += g * d;
+        ad[j] += d;
+      }
+    }
+    T sg = 0, sgd = 0, sd = 0;
+    for (; i < L; ++i) {
+      const T dv = dp[i];
+      const T g = dv + dv * gp[i];
+      const T d = xp[i] - m;
+      sg += g;
+      sgd += g * d;
+      sd += d;
+    }
+    for (int j = 0; j < W; ++j) {
+      sg += ag[j];
+      sgd += agd[j];
+      sd += ad[j];
+    }
+    acc.sg += sg;
+    acc.sgd += sgd;
+    acc.sd += sd;
+  }
+  return acc;
+}
+
+// Per-group constants of the elementwise backward pass:
+// dx = g*r + k0 + xhat*k1, xhat = ((x - mh) - ml) * r.
+struct BwdCoef {
+  double mean, rstd, k0, k1;
+};
+
+template <typename T, bool kBatchStats>
+void apply_backward(const T* dy, const T* x, const T* gamma, T* dx, T* dgamma, const Layout& l,
+                    const BwdCoef* coef) {
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
+    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
+      const BwdCoef& c = coef[l.group_of_row(row)];
+      T mh, ml;
+      split(c.mean, mh, ml);
+      const T r = static_cast<T>(c.rstd);
+      const T k0 = static_cast<T>(c.k0), k1 = static_cast<T>(c.k1);
+      const int64_t base = row * l.P + off;
+      const T* __restrict dp = dy + base;
+      const T* __restrict xp = x + base;
+      const T* __restrict gp = gamma + base;
+      T* __restrict dxp = dx + base;
+      T* __restrict dgp = dgamma + base;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const T dv = dp[i];
+        const T g = dv + dv * gp[i];
+        const T xh = ((xp[i] - mh) - ml) * r;
+        dgp[i] = dv * xh;
+        if (kBatchStats)
+          dxp[i] = g * r + k0 + xh * k1;
+        else
+          dxp[i] = g * r;
+      }
+    });
+  });
+}
+
+// Full backward. mean/rstd (accumulation type A, one per group) are those of the forward.
+// With batch statistics, dx = rstd * (g - mean(g) - xhat * mean(g*xhat)); the reduction pass
+// also sums x - mean, which recovers the double-precision mean that the float mean was rounded
+// from (the forward applied that one), so xhat and both gradients stay accurate for large means.
+template <typename T, typename A>
+void backward(const T* dy, const T* x, const T* gamma, const A* mean, const A* rstd, T* dx,
+              T* dgamma, const Layout& l, bool batch_stats) {
+  const int64_t G = l.groups();
+  std::vector<BwdCoef> coef(static_cast<size_t>(G));
+  if (!batch_stats) {
+    for (int64_t g = 0; g < G; ++g)
+      coef[g] = {static_cast<double>(mean[g]), static_cast<double>(rstd[g]), 0.0, 0.0};
+    apply_backward<T, false>(dy, x, gamma, dx, dgamma, l, coef.data());
+    return;
+  }
+  std::vector<BwdSums> part(static_cast<size_t>(l.items()));
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
+    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
+      const int64_t base = row * l.P + off;
+      part[row * l.nseg() + off / kSegment] = segment_bwd_sums(
+          dy + base, gamma + base, x + base, len, static_cast<T>(mean[l.group_of_row(row)]));
+    });
+  });
+  const double n = static_cast<double>(l.group_size());
+  for (int64_t g = 0; g < G; ++g) {
+    BwdSums s;
+    for_group_items(l, g, [&](int64_t it) {
+      s.sg += part[it].sg;
+      s.sgd += part[it].sgd;
+      s.sd += part[it].sd;
+    });
+    const double r = static_cast<double>(rstd[g]);
+    BwdCoef& c = coef[g];
+    c.rstd = r;
+    if (n == 0) {
+      c.mean = static_cast<double>(mean[g]);
+      c.k0 = c.k1 = 0;
+      continue;
+    }
+    // The float mean m that d = x - m used, and the correction to the exact mean.
+    const double m = static_cast<double>(static_cast<T>(mean[g]));
+    const double corr = s.sd / n;
+    c.mean = m + corr;
+    const double mg = s.sg / n;                          // mean(g)
+    const double mgx = r * (s.sgd - corr * s.sg) / n;    // mean(g * xhat)
+    c.k0 = -r * mg;
+    c.k1 = -r * mgx;
+  }
+  apply_backward<T, true>(dy, x, gamma, dx, dgamma, l, coef.data());
+}
+
+}  // namespace spade_cpu
+}  // namespace msca_kernels

@@ -441,6 +441,13 @@ class Trainer:
         self.order.load_state_dict(ckpt["data"])
         self.step = int(ckpt["step"])
         self.last_losses = dict(ckpt.get("last_losses", {}))
+        if self.rank == 0 and os.path.isfile(self.log_path):
+            # Steps after the checkpoint were lost with the crash and will be redone: drop
+            # their log records so the log reads like one uninterrupted run.
+            with open(self.log_path) as fh:
+                lines = [ln for ln in fh if ln.strip() and json.loads(ln)["step"] <= self.step]
+            with open(self.log_path, "w") as fh:
+                fh.writelines(lines)
 
     def export(self, path: str) -> None:
         """The shippable inference checkpoint (options + generator), e.g. checkpoints/demo.pt."""

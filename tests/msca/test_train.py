@@ -210,8 +210,7 @@ WORKER = textwrap.dedent("""
         warnings.simplefilter("ignore")
         t = Trainer(tt.tiny(), tt.settings(steps=5, checkpoint_every=5), {out!r},
                     progress=False)
-    for _ in range(5):
-        t.train_step()
+    t.train()  # 5 steps, all three stages; rank 0 saves at the end, the other waits
     torch.save({{"params": tt.params(t), "order": t.order.state_dict()}},
                os.path.join({out!r}, f"rank{{rank}}.pt"))
     torch.distributed.destroy_process_group()
@@ -223,8 +222,8 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
     script.write_text(WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)),
                                     out=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                           "2", "--master_port", "0", str(script)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script)], env=env,
                           capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)

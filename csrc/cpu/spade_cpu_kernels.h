@@ -131,18 +131,18 @@ struct Layout {
   }
 };
 
-// Calls f(row, offset_in_row, length) for every item of [begin, end).
-template <typename F>
-inline void for_items(const Layout& l, int64_t begin, int64_t end, F&& f) {
+// Row, offset in the row and length of work item it.
+struct Item {
+  int64_t row, off, len;
+};
+inline Item item_at(const Layout& l, int64_t it) {
   const int64_t ns = l.nseg();
-  for (int64_t it = begin; it < end; ++it) {
-    const int64_t row = it / ns;
-    const int64_t off = (it % ns) * kSegment;
-    f(row, off, std::min(kSegment, l.P - off));
-  }
+  const int64_t off = (it % ns) * kSegment;
+  return {it / ns, off, std::min(kSegment, l.P - off)};
 }
 
-// Visits the items of group g in a fixed order: f(item index).
+// Visits the items of group g in a fixed order: f(item index). Every reduction merges its
+// partials in this order, whichever schedule computed them.
 template <typename F>
 inline void for_group_items(const Layout& l, int64_t g, F&& f) {
   const int64_t ns = l.nseg();
@@ -154,6 +154,20 @@ inline void for_group_items(const Layout& l, int64_t g, F&& f) {
   }
 }
 
+// Bytes a group's reduction reads, below which the reduction and the elementwise pass run back
+// to back per group: the second pass then re-reads the group from L2/L3 rather than DRAM
+// (one full read of x saved in the forward, of dy, gamma and x in the backward). Sized for a
+// slice of a shared L3, leaving room for the other thread's group and the outputs in flight.
+constexpr int64_t kGroupCacheBytes = int64_t(4) << 20;
+
+// Whether to schedule whole groups per task: the group's working set must fit the budget and
+// there must be enough groups for every thread to get several (else the per-item schedule,
+// which splits groups across threads, balances better). Either schedule gives the same bits.
+inline bool group_schedule(const Layout& l, int64_t bytes_per_elem) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return l.groups() >= 4 * threads && l.group_size() * bytes_per_elem <= kGroupCacheBytes;
+}
+
 // Splits a double into T hi + lo with hi + lo == v to about twice T's precision.
 template <typename T>
 inline void split(double v, T& hi, T& lo) {
@@ -161,63 +175,99 @@ inline void split(double v, T& hi, T& lo) {
   lo = static_cast<T>(v - static_cast<double>(hi));
 }
 
-// Batch or instance statistics of x. Writes mean/rstd (accumulation type A, one per group)
-// and the double mean to mean_d (used for the hi/lo split of the apply pass).
-template <typename T, typename A>
-void compute_stats(const T* x, const Layout& l, double eps, A* mean_out, A* rstd_out,
-                   double* mean_d) {
-  const int64_t G = l.groups();
-  std::vector<Moments> part(static_cast<size_t>(l.items()));
-  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
-    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
-      part[row * l.nseg() + off / kSegment] = segment_moments(x + row * l.P + off, len);
-    });
-  });
-  const int64_t per_group = std::max<int64_t>(1, l.items() / std::max<int64_t>(1, G));
-  at::parallel_for(0, G, std::max<int64_t>(1, 4096 / per_group), [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      Moments m;
-      for_group_items(l, g, [&](int64_t it) { merge(m, part[it]); });
-      double mean, rstd;
-      if (m.n == 0) {  // empty group: undefined statistics, like torch.mean of nothing
-        mean = rstd = std::numeric_limits<double>::quiet_NaN();
-      } else {
-        mean = m.mean;
-        rstd = 1.0 / std::sqrt(m.m2 / m.n + eps);  // biased variance
-      }
-      mean_d[g] = mean;
-      mean_out[g] = static_cast<A>(mean);
-      rstd_out[g] = static_cast<A>(rstd);
-    }
-  });
+// out = (x - mean) * rstd * (1 + gamma) + beta on one item.
+template <typename T>
+inline void apply_forward_item(const T* x, const T* gamma, const T* beta, T* out,
+                               const Layout& l, const Item& t, double mean, double rstd) {
+  T mh, ml;
+  split(mean, mh, ml);
+  const T r = static_cast<T>(rstd);
+  const int64_t base = t.row * l.P + t.off;
+  const T* __restrict xp = x + base;
+  const T* __restrict gp = gamma + base;
+  const T* __restrict bp = beta + base;
+  T* __restrict op = out + base;
+#pragma omp simd
+  for (int64_t i = 0; i < t.len; ++i) {
+    const T xh = ((xp[i] - mh) - ml) * r;
+    op[i] = xh + xh * gp[i] + bp[i];
+  }
 }
 
-// out = (x - mean) * rstd * (1 + gamma) + beta, mean given as double per group.
+// Statistics of a group from its merged moments: biased variance, rstd = 1/sqrt(var + eps).
+template <typename A>
+inline void finish_stats(const Moments& m, double eps, double& mean_d, A& mean, A& rstd) {
+  double mu, r;
+  if (m.n == 0) {  // empty group: undefined statistics, like torch.mean of nothing
+    mu = r = std::numeric_limits<double>::quiet_NaN();
+  } else {
+    mu = m.mean;
+    r = 1.0 / std::sqrt(m.m2 / m.n + eps);
+  }
+  mean_d = mu;
+  mean = static_cast<A>(mu);
+  rstd = static_cast<A>(r);
+}
+
+// Forward. With compute_stats, batch or instance statistics of x are written to mean/rstd
+// (accumulation type A, one per group); otherwise mean/rstd are read as given.
 template <typename T, typename A>
-void apply_forward(const T* x, const T* gamma, const T* beta, T* out, const Layout& l,
-                   const double* mean_d, const A* rstd) {
-  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
-    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
-      const int64_t g = l.group_of_row(row);
-      T mh, ml;
-      split(mean_d[g], mh, ml);
-      const T r = static_cast<T>(rstd[g]);
-      const int64_t base = row * l.P + off;
-      const T* __restrict xp = x + base;
-      const T* __restrict gp = gamma + base;
-      const T* __restrict bp = beta + base;
-      T* __restrict op = out + base;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const T xh = ((xp[i] - mh) - ml) * r;
-        op[i] = xh + xh * gp[i] + bp[i];
+void forward(const T* x, const T* gamma, const T* beta, T* out, const Layout& l, double eps,
+             bool compute_stats, A* mean, A* rstd) {
+  const int64_t G = l.groups();
+  // Double copy of the mean: the apply pass splits it into a hi+lo pair of T.
+  std::vector<double> mean_d(static_cast<size_t>(G));
+  if (!compute_stats) {
+    for (int64_t g = 0; g < G; ++g) mean_d[g] = static_cast<double>(mean[g]);
+  } else if (group_schedule(l, sizeof(T))) {
+    at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        Moments m;
+        for_group_items(l, g, [&](int64_t it) {
+          const Item t = item_at(l, it);
+          merge(m, segment_moments(x + t.row * l.P + t.off, t.len));
+        });
+        finish_stats(m, eps, mean_d[g], mean[g], rstd[g]);
+        for_group_items(l, g, [&](int64_t it) {
+          apply_forward_item(x, gamma, beta, out, l, item_at(l, it), mean_d[g],
+                             static_cast<double>(rstd[g]));
+        });
       }
     });
+    return;
+  } else {
+    std::vector<Moments> part(static_cast<size_t>(l.items()));
+    at::parallel_for(0, l.items(), l.grain(), [&](int64_t i0, int64_t i1) {
+      for (int64_t it = i0; it < i1; ++it) {
+        const Item t = item_at(l, it);
+        part[it] = segment_moments(x + t.row * l.P + t.off, t.len);
+      }
+    });
+    const int64_t per_group = std::max<int64_t>(1, l.items() / std::max<int64_t>(1, G));
+    at::parallel_for(0, G, std::max<int64_t>(1, 4096 / per_group), [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        Moments m;
+        for_group_items(l, g, [&](int64_t it) { merge(m, part[it]); });
+        finish_stats(m, eps, mean_d[g], mean[g], rstd[g]);
+      }
+    });
+  }
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) {
+      const Item t = item_at(l, it);
+      const int64_t g = l.group_of_row(t.row);
+      apply_forward_item(x, gamma, beta, out, l, t, mean_d[g], static_cast<double>(rstd[g]));
+    }
   });
 }
 
 struct BwdSums {
   double sg = 0, sgd = 0, sd = 0;  // sum g, sum g*d, sum d with d = x - mean (float mean)
+  void add(const BwdSums& o) {
+    sg += o.sg;
+    sgd += o.sgd;
+    sd += o.sd;
+  }
 };
 
 // Reduction pass of the backward for one segment, with g = dy*(1+gamma), d = x - m.
@@ -271,41 +321,67 @@ struct BwdCoef {
   double mean, rstd, k0, k1;
 };
 
+// With batch statistics, dx = rstd * (g - mean(g) - xhat * mean(g*xhat)). The saved mean is
+// the forward's double mean rounded to A; d = x - mean_A is summed too, and its average is
+// the correction back to the exact mean (the one the forward applied), so xhat and both
+// gradients stay accurate when |mean| >> std.
+inline BwdCoef batch_coef(const BwdSums& s, double n, double mean_used, double rstd) {
+  BwdCoef c;
+  c.rstd = rstd;
+  if (n == 0) {
+    c.mean = mean_used;
+    c.k0 = c.k1 = 0;
+    return c;
+  }
+  const double corr = s.sd / n;
+  c.mean = mean_used + corr;
+  const double mg = s.sg / n;                           // mean(g)
+  const double mgx = rstd * (s.sgd - corr * s.sg) / n;  // mean(g * xhat)
+  c.k0 = -rstd * mg;
+  c.k1 = -rstd * mgx;
+  return c;
+}
+
+template <typename T, bool kBatchStats>
+inline void apply_backward_item(const T* dy, const T* x, const T* gamma, T* dx, T* dgamma,
+                                const Layout& l, const Item& t, const BwdCoef& c) {
+  T mh, ml;
+  split(c.mean, mh, ml);
+  const T r = static_cast<T>(c.rstd);
+  const T k0 = static_cast<T>(c.k0), k1 = static_cast<T>(c.k1);
+  const int64_t base = t.row * l.P + t.off;
+  const T* __restrict dp = dy + base;
+  const T* __restrict xp = x + base;
+  const T* __restrict gp = gamma + base;
+  T* __restrict dxp = dx + base;
+  T* __restrict dgp = dgamma + base;
+#pragma omp simd
+  for (int64_t i = 0; i < t.len; ++i) {
+    const T dv = dp[i];
+    const T g = dv + dv * gp[i];
+    const T xh = ((xp[i] - mh) - ml) * r;
+    dgp[i] = dv * xh;
+    if (kBatchStats)
+      dxp[i] = g * r + k0 + xh * k1;
+    else
+      dxp[i] = g * r;
+  }
+}
+
 template <typename T, bool kBatchStats>
 void apply_backward(const T* dy, const T* x, const T* gamma, T* dx, T* dgamma, const Layout& l,
                     const BwdCoef* coef) {
-  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
-    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
-      const BwdCoef& c = coef[l.group_of_row(row)];
-      T mh, ml;
-      split(c.mean, mh, ml);
-      const T r = static_cast<T>(c.rstd);
-      const T k0 = static_cast<T>(c.k0), k1 = static_cast<T>(c.k1);
-      const int64_t base = row * l.P + off;
-      const T* __restrict dp = dy + base;
-      const T* __restrict xp = x + base;
-      const T* __restrict gp = gamma + base;
-      T* __restrict dxp = dx + base;
-      T* __restrict dgp = dgamma + base;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const T dv = dp[i];
-        const T g = dv + dv * gp[i];
-        const T xh = ((xp[i] - mh) - ml) * r;
-        dgp[i] = dv * xh;
-        if (kBatchStats)
-          dxp[i] = g * r + k0 + xh * k1;
-        else
-          dxp[i] = g * r;
-      }
-    });
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) {
+      const Item t = item_at(l, it);
+      apply_backward_item<T, kBatchStats>(dy, x, gamma, dx, dgamma, l, t,
+                                          coef[l.group_of_row(t.row)]);
+    }
   });
 }
 
-// Full backward. mean/rstd (accumulation type A, one per group) are those of the forward.
-// With batch statistics, dx = rstd * (g - mean(g) - xhat * mean(g*xhat)); the reduction pass
-// also sums x - mean, which recovers the double-precision mean that the float mean was rounded
-// from (the forward applied that one), so xhat and both gradients stay accurate for large means.
+// Full backward. mean/rstd (accumulation type A, one per group) are those of the forward;
+// batch_stats says whether they were computed from x (then the gradient flows through them).
 template <typename T, typename A>
 void backward(const T* dy, const T* x, const T* gamma, const A* mean, const A* rstd, T* dx,
               T* dgamma, const Layout& l, bool batch_stats) {
@@ -317,38 +393,38 @@ void backward(const T* dy, const T* x, const T* gamma, const A* mean, const A* r
     apply_backward<T, false>(dy, x, gamma, dx, dgamma, l, coef.data());
     return;
   }
-  std::vector<BwdSums> part(static_cast<size_t>(l.items()));
-  at::parallel_for(0, l.items(), l.grain(), [&](int64_t b0, int64_t b1) {
-    for_items(l, b0, b1, [&](int64_t row, int64_t off, int64_t len) {
-      const int64_t base = row * l.P + off;
-      part[row * l.nseg() + off / kSegment] = segment_bwd_sums(
-          dy + base, gamma + base, x + base, len, static_cast<T>(mean[l.group_of_row(row)]));
-    });
-  });
   const double n = static_cast<double>(l.group_size());
+  auto item_sums = [&](int64_t it) {
+    const Item t = item_at(l, it);
+    const int64_t base = t.row * l.P + t.off;
+    return segment_bwd_sums(dy + base, gamma + base, x + base, t.len,
+                            static_cast<T>(mean[l.group_of_row(t.row)]));
+  };
+  // The float mean the sums were taken around, as a double.
+  auto mean_used = [&](int64_t g) {
+    return static_cast<double>(static_cast<T>(mean[g]));
+  };
+  if (group_schedule(l, 3 * sizeof(T))) {
+    at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        BwdSums s;
+        for_group_items(l, g, [&](int64_t it) { s.add(item_sums(it)); });
+        const BwdCoef c = batch_coef(s, n, mean_used(g), static_cast<double>(rstd[g]));
+        for_group_items(l, g, [&](int64_t it) {
+          apply_backward_item<T, true>(dy, x, gamma, dx, dgamma, l, item_at(l, it), c);
+        });
+      }
+    });
+    return;
+  }
+  std::vector<BwdSums> part(static_cast<size_t>(l.items()));
+  at::parallel_for(0, l.items(), l.grain(), [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) part[it] = item_sums(it);
+  });
   for (int64_t g = 0; g < G; ++g) {
     BwdSums s;
-    for_group_items(l, g, [&](int64_t it) {
-      s.sg += part[it].sg;
-      s.sgd += part[it].sgd;
-      s.sd += part[it].sd;
-    });
-    const double r = static_cast<double>(rstd[g]);
-    BwdCoef& c = coef[g];
-    c.rstd = r;
-    if (n == 0) {
-      c.mean = static_cast<double>(mean[g]);
-      c.k0 = c.k1 = 0;
-      continue;
-    }
-    // The float mean m that d = x - m used, and the correction to the exact mean.
-    const double m = static_cast<double>(static_cast<T>(mean[g]));
-    const double corr = s.sd / n;
-    c.mean = m + corr;
-    const double mg = s.sg / n;                          // mean(g)
-    const double mgx = r * (s.sgd - corr * s.sg) / n;    // mean(g * xhat)
-    c.k0 = -r * mg;
-    c.k1 = -r * mgx;
+    for_group_items(l, g, [&](int64_t it) { s.add(part[it]); });
+    coef[g] = batch_coef(s, n, mean_used(g), static_cast<double>(rstd[g]));
   }
   apply_backward<T, true>(dy, x, gamma, dx, dgamma, l, coef.data());
 }

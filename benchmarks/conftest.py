@@ -159,12 +159,13 @@ def run_case(benchmark, request):
     setup() builds fresh arguments for every round outside the timed region (for the backward
     mode it runs the forward there). bytes_moved is the op's minimum traffic for the GB/s
     figure; kept_bytes is what the call leaves for its caller (output, input gradients), which
-    the "peak beyond" figure subtracts.
+    the "peak beyond" figure subtracts (an int, or a callable evaluated after the memory
+    measurement).
     """
     config = request.config
 
     def run(*, target: Target, op: str, case: str, mode: str, setup, fn, bytes_moved: int,
-            kept_bytes: int, info: dict):
+            kept_bytes, info: dict):
         device = target.device
         bw = copy_bandwidth(device)
         timed = _timed(fn, device)
@@ -197,6 +198,8 @@ def run_case(benchmark, request):
                 del args
             peak = int(statistics.median(peaks))
 
+        if callable(kept_bytes):  # depends on what the last call left behind (see spade)
+            kept_bytes = kept_bytes()
         extra = benchmark.extra_info
         extra.update(info)
         extra.update(op=op, case=case, mode=mode, backend=target.backend,

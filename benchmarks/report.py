@@ -88,7 +88,7 @@ def _cols_full(r: dict) -> list[str]:
     return [r.get("target", r.get("backend", "?")), r["mode"], _ms(r),
             _f(r.get("speedup"), ".2f", suffix="x"), _f(r.get("gbps"), ".1f"),
             _f(r.get("frac_copy_bw"), ".0f", 100, "%"), _f(r.get("peak_bytes"), ".0f", 1 / MB),
-            _f(r.get("peak_beyond_bytes"), ".0f", 1 / MB), _f(r.get("beyond_ratio"), ".2f")]
+            _f(r.get("peak_beyond_bytes"), ".0f", 1 / MB), _f(r.get("beyond_ratio"), ".3f")]
 
 
 _FULL_HEAD = ["backend", "mode", "median ms", "speed-up", "GB/s", "% copy BW", "peak MB",

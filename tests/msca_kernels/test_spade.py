@@ -5,7 +5,10 @@ import torch
 import msca_kernels as mk
 from conftest import TOL, device_for, dtypes_for, rel_err
 
-SHAPES = [(3, 5, 7, 9), (2, 4, 1, 1), (2, 64, 16, 16), (1, 3, 31, 17)]
+# (5, 4, 1, 1): 1x1 maps with batch statistics over 5 values. B=2 would be degenerate: two
+# values normalise to exactly -1 and +1 whatever x is, so dx is zero up to eps and a relative
+# error against it measures rounding noise only.
+SHAPES = [(3, 5, 7, 9), (5, 4, 1, 1), (2, 64, 16, 16), (1, 3, 31, 17)]
 
 
 def make(shape, dtype, device, offset=0.0):

@@ -29,6 +29,11 @@ class Options:
     mask_hidden: typing.Optional[int] = None             # Eq. 6 MLP width (None: kernels' rule)
     alignment: str = "msca"           # "msca" | "gap" | "label_matching" (Table 1 ablations)
     feature_masking: bool = True      # False: "MSCA w/o fm"
+    # "msca": the paper's generator (alignment above selects MSCA or an ablation);
+    # "spade_vae": the global-style-code baseline of Table 1 (msca/models/style_code.py: an
+    # exemplar encoder to (mu, logvar) and a SPADE generator on the target label and z).
+    generator: str = "msca"
+    z_dim: int = 256                  # spade_vae: style code size (SPADE's z_dim)
     ngf: int = 64                     # generator base width; block at scale i has ngf*mult_i
     ngf_mults: tuple = (1, 2, 4, 8, 16)
     spade_norm: str = "spadesyncbatch3x3"   # SPADE's default norm_G (less "spectral")
@@ -47,6 +52,7 @@ class Options:
     lambda_global: float = 1.0        # lambda of Eq. 11 (weight of global self-reconstruction)
     lambda_feat: float = 10.0         # SPADE's GAN feature matching weight
     lambda_vgg: float = 10.0          # SPADE's VGG loss weight
+    lambda_kld: float = 0.05          # spade_vae: KL weight (SPADE's lambda_kld)
     decoder_loss_weights: tuple = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)  # Appendix G (ours)
 
     # ------------------------------------------------------------------ data
@@ -97,7 +103,12 @@ class Options:
         if self.alignment not in ("msca", "gap", "label_matching"):
             raise ValueError(f"alignment: expected 'msca', 'gap' or 'label_matching', "
                              f"got {self.alignment!r}")
-        for name in ("num_classes", "ngf", "ndf", "n_layers_D", "num_D", "spade_hidden",
+        if self.generator not in ("msca", "spade_vae"):
+            raise ValueError(f"generator: expected 'msca' or 'spade_vae', "
+                             f"got {self.generator!r}")
+        if self.lambda_kld < 0:
+            raise ValueError(f"lambda_kld: expected >= 0, got {self.lambda_kld}")
+        for name in ("num_classes", "z_dim", "ngf", "ndf", "n_layers_D", "num_D", "spade_hidden",
                      "load_size", "crop_size", "late_crop_size", "batch_size",
                      "g_update_every"):
             if getattr(self, name) < 1:

@@ -11,12 +11,22 @@ from .encoders import FeatureCompression, LabelEncoder, resize_labels, scale_siz
 from .generator import NUM_SCALES, Features, MSCAGenerator, SPADEResBlock
 from .losses import (SynthesisLoss, Task, feature_matching_loss, hinge_d_loss, hinge_g_loss,
                      total)
+from .style_code import GENERATORS, StyleCodeGenerator, StyleEncoder
 from .vgg import (PERCEPTUAL_LAYERS, PERCEPTUAL_WEIGHTS, SCALE_CHANNELS, SCALE_LAYERS, VGG19,
                   VGGLoss, VGGWeightsWarning, build_vgg19, find_vgg19_weights,
                   load_vgg19_weights)
 
 
-def build_generator(opt, vgg: VGG19 | None = None) -> MSCAGenerator:
+def build_generator(opt, vgg: VGG19 | None = None):
+    """MSCAGenerator, or StyleCodeGenerator for opt.generator == "spade_vae"."""
+    if opt.generator == "spade_vae":
+        return StyleCodeGenerator(
+            opt.num_classes, ignore_label=opt.ignore_label, z_dim=opt.z_dim,
+            encoder_size=opt.crop_size, ngf=opt.ngf, ngf_mults=opt.ngf_mults,
+            spade_norm=opt.spade_norm, spade_hidden=opt.spade_hidden,
+            spectral_norm=opt.spectral_norm_G, backend=opt.backend, vgg=vgg,
+            vgg_weights=opt.vgg_weights or None, init_type=opt.init_type,
+            init_gain=opt.init_gain)
     return MSCAGenerator(
         opt.num_classes, ignore_label=opt.ignore_label, image_feature_nc=opt.image_feature_nc,
         label_feature_nc=opt.label_feature_nc, attention_k=opt.attention_k,
@@ -47,7 +57,7 @@ def build_loss(opt, vgg: VGG19 | None) -> SynthesisLoss:
 
 __all__ = [
     "ALIGNMENTS", "DEFAULT_DECODER_WEIGHTS", "Features", "FeatureCompression", "FeatureDecoder",
-    "GAPAlignment", "LabelEncoder", "LabelMatchingAlignment", "MSCAGenerator",
+    "GAPAlignment", "GENERATORS", "StyleCodeGenerator", "StyleEncoder", "LabelEncoder", "LabelMatchingAlignment", "MSCAGenerator",
     "MultiscaleDiscriminator", "NLayerDiscriminator", "NUM_SCALES", "PERCEPTUAL_LAYERS",
     "PERCEPTUAL_WEIGHTS", "SCALE_CHANNELS", "SCALE_LAYERS", "SPADEResBlock", "SynthesisLoss",
     "Task", "VGG19", "VGGLoss", "VGGWeightsWarning", "build_decoder", "build_discriminator",

@@ -293,9 +293,12 @@ class Trainer:
         self.D.requires_grad_(False)
         with torch.set_grad_enabled(update_g), self._autocast():
             g_tasks = {}
+            klds = {}
             for name, ((c, x2, c2), real) in tasks.items():
                 fake = self.G(c, x2, c2)
                 fakes[name] = fake
+                if getattr(self.G, "last_kld", None) is not None:  # the spade_vae baseline
+                    klds[name] = self.G.last_kld
                 if update_g:
                     pred_fake = self.D(fake, c, x2, c2)
                     with torch.no_grad():
@@ -304,6 +307,9 @@ class Trainer:
             if update_g:
                 g_losses = self.loss.generator(cross=g_tasks.get("cross"),
                                                global_=g_tasks.get("global"))
+                for name, kld in klds.items():  # SPADE's KLD term, task-weighted like the rest
+                    w = 1.0 if name == "cross" else self.opt.lambda_global
+                    g_losses[f"{name}/kld"] = w * self.opt.lambda_kld * kld
                 if self.settings.lambda_l1 > 0:
                     for name, t in g_tasks.items():
                         w = 1.0 if name == "cross" else self.opt.lambda_global
@@ -339,8 +345,13 @@ class Trainer:
         self.G.train()
         self.D.train()
         b = self._batch(self.step, stage)
-        if stage == "pretrain":
+        if stage == "pretrain" and hasattr(self.G, "align"):
             losses = self._pretrain_step(b)
+        elif stage == "pretrain":
+            # The spade_vae baseline has no MSCA to pretrain (Appendix G): its first stage is
+            # the patch cross-reconstruction task on the same batches, so it trains the same
+            # number of steps as the models it is compared with.
+            losses = self._gan_step(b, late=False)
         else:
             losses = self._gan_step(b, late=stage == "patch_global")
         self.step += 1

@@ -66,7 +66,7 @@ def available_backends() -> dict[str, BackendStatus]:
 def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """Turns 'auto' into a concrete backend for tensors on `device`; checks an explicit name.
 
-    auto: CUDA tensors -> triton, else cuda, else reference; CPU tensors -> cpu (float32 and
+    auto: CUDA tensors -> triton (not for float64), else cuda, else reference; CPU tensors -> cpu (float32 and
     float64 only), else reference.
     """
     if not isinstance(backend, str):
@@ -74,6 +74,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if backend == "auto":
         if device.type == "cuda":
             for name in ("triton", "cuda"):
+                if name == "triton" and dtype not in _TRITON_DTYPES[True]:
+                    continue  # float64 goes to a backend that computes in float64
                 if backend_status(name):
                     return name
             return "reference"
@@ -90,7 +92,17 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
             raise TypeError(f"backend: 'cpu' supports float32 and float64 inputs, got {dtype}")
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"backend: 'cuda' needs CUDA tensors, got tensors on {device}")
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), "
-                         f"got tensors on {device}")
+    if backend == "triton":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), "
+                             f"got tensors on {device}")
+        if dtype not in _TRITON_DTYPES[device.type == "cuda"]:
+            raise TypeError(f"backend: 'triton' supports {_TRITON_DTYPE_NAMES[device.type == 'cuda']}"
+                            f" inputs on {device.type} tensors, got {dtype}")
     return backend
+
+
+# The triton kernels accumulate in float32 (float64 would not be computed in float64, as the
+# contract wants); the interpreter (CPU tensors) is a float32 correctness tool.
+_TRITON_DTYPES = {True: (torch.float32, torch.float16, torch.bfloat16), False: (torch.float32,)}
+_TRITON_DTYPE_NAMES = {True: "float32, float16 and bfloat16", False: "float32"}

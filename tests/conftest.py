@@ -1,9 +1,16 @@
 import os
 
-import pytest
 import torch
 
-import msca_kernels as mk
+# Without a CUDA GPU the triton backend runs on CPU tensors in Triton's interpreter, which reads
+# TRITON_INTERPRET once, when triton is first imported: so here, before msca_kernels (whose
+# backend check imports triton). The cpu and reference backends never touch triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import msca_kernels as mk  # noqa: E402
 
 # Backends compared against `reference`. triton on CPU tensors needs TRITON_INTERPRET=1 (set by
 # the test run before triton is imported); cuda and GPU triton need a GPU.

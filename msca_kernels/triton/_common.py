@@ -1,0 +1,71 @@
+"""What the Triton kernels of both ops share: launch policy, tile configurations, precision.
+
+Two regimes. On a CUDA GPU the kernels are autotuned over a few tile configurations; the list
+always contains a small, conservative configuration, so a GPU on which the large ones do not
+fit (registers, shared memory: triton's autotuner discards configurations that fail to compile
+or launch) still has one that runs. Under the Triton interpreter (TRITON_INTERPRET=1, CPU
+tensors) every program runs as numpy code in Python, so there is one fixed configuration with
+the smallest tiles tl.dot accepts, and autotuning (which would time every configuration) is off.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+# Read once: triton itself decides at import whether it interprets.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# tl.dot needs every dimension >= 16.
+MIN_DOT = 16
+
+
+def block(n: int, lo: int = MIN_DOT) -> int:
+    """Smallest power of two >= max(n, lo): the padded extent of a dimension held whole."""
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """input_precision of the tl.dot calls whose operands are float32.
+
+    The kernels keep softmax weights and gradients in float32 and multiply them with float32
+    operands; TF32 (triton's default) would cost ~1e-3 relative error, far outside the float32
+    tolerance. On the GPU "tf32x3" (three TF32 products, error near float32's) keeps the tensor
+    cores; MSCA_TRITON_F32_DOT=ieee selects exact FMA products instead. The interpreter computes
+    every dot in numpy float32 whatever is asked, and accepts "ieee".
+    """
+    if INTERPRET:
+        return "ieee"
+    return os.environ.get("MSCA_TRITON_F32_DOT", "tf32x3")
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_programs(device: torch.device, work_items: int, per_sm: int = 2) -> int:
+    """How many programs a split reduction uses: enough to fill the GPU, never more than there
+    are work items (tiles); a few under the interpreter, so the cross-program merge is tested."""
+    if device.type != "cuda":
+        return max(1, min(work_items, 3))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(work_items, per_sm * _sm_count(index)))
+
+
+def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: int = 2) -> list:
+    return [triton.Config(dict(o), num_warps=w, num_stages=stages) for o in options for w in warps]
+
+
+def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict):
+    """(launchable kernel, meta-parameters to pass at launch).
+
+    On the GPU: the kernel wrapped in triton.autotune over gpu_configs (the block sizes come
+    from the chosen config, so none are passed). Under the interpreter: the bare kernel and one
+    fixed configuration.
+    """
+    if INTERPRET:
+        return kernel, dict(interpret_meta)
+    return triton.autotune(configs=gpu_configs, key=key)(kernel), {}

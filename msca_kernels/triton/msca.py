@@ -1,0 +1,537 @@
+"""MSCA attention in Triton (DESIGN.md section 2): kernels, host functions, autograd.
+
+Forward, two passes plus a tiny merge:
+  _msca_fwd_kernel       split reduction over exemplar tiles. Each program streams a share of
+                         the exemplar tiles, computes the logits a = phi . [fx2; fc2] (+ biases)
+                         on the fly and keeps an online softmax: running max m, running sum l and
+                         V = sum_j fx2[:, j] exp(a[:, j] - m), rescaled whenever m grows. It writes
+                         one partial (V, m, l) per program.
+  _msca_merge_kernel     per batch item, merges the partials as log-sum-exp: V (N x K), lse (K).
+  _msca_out_kernel       target tiles: b = psi . fc1 (+ biases), its K-way softmax beta, and
+                         out = (V * mask) beta.
+Backward, two passes:
+  _msca_bwd_target_kernel    target tiles: recomputes beta; writes dfc1 (and dchannel_bias);
+                             partial sums of dVm, dpsi, dpsi_bias per program.
+  _msca_bwd_exemplar_kernel  exemplar tiles: recomputes alpha = exp(a - lse); writes dfx2, dfc2
+                             (and dspatial_bias); partial sums of dphi, dphi_bias per program.
+Partial sums are reduced on the host in a fixed order (torch sums over the program axis), so the
+weight gradients are deterministic: no atomics anywhere.
+
+Nothing of size K x P or (N+M2) x P is ever written; forward saves the inputs, V and lse.
+Accumulation is float32 for float32, float16 and bfloat16 inputs. Channel dimensions (N, M1,
+M2) and K are held whole in one tile each (padded to a power of two >= 16), which suits the
+model's sizes (tens to a few hundred channels).
+
+The two ops are torch.library.triton_op's (msca_kernels::triton_msca_fwd/_bwd) launching their
+kernels through wrap_triton, so torch.compile traces into them; the forward op's autograd formula
+is registered with register_autograd, as the C++ path does (MSCAFunction holds it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from . import _common
+from ._common import block
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr, offs_k, offs_p, k_ok, p_ok, s_sbk,
+                     s_sbp, HAS_SB: tl.constexpr, DOT_PREC: tl.constexpr):
+    """a = phi_x x + phi_c c + phi_bias (+ spatial_bias), -inf outside the valid (k, j)."""
+    a = tl.dot(phi_x, x, input_precision=DOT_PREC) + tl.dot(phi_c, c, input_precision=DOT_PREC)
+    a += phi_b[:, None]
+    valid = k_ok[:, None] & p_ok[None, :]
+    if HAS_SB:
+        sb = tl.load(sb_ptr + offs_k[:, None] * s_sbk + offs_p[None, :] * s_sbp, mask=valid,
+                     other=0.0)
+        a += sb.to(tl.float32)
+    return tl.where(valid, a, float("-inf"))
+
+
+@triton.jit
+def _target_softmax(psi, f, psi_b, cb_ptr, offs_k, offs_t, k_ok, t_ok, s_cbk, s_cbt,
+                    HAS_CB: tl.constexpr, DOT_PREC: tl.constexpr):
+    """beta = softmax over k of psi f + psi_bias (+ channel_bias); zero columns for t outside
+    the map and for a position whose logits are all -inf (it attends to nothing)."""
+    b = tl.dot(psi, f, input_precision=DOT_PREC) + psi_b[:, None]
+    if HAS_CB:
+        cb = tl.load(cb_ptr + offs_k[:, None] * s_cbk + offs_t[None, :] * s_cbt,
+                     mask=k_ok[:, None] & t_ok[None, :], other=0.0)
+        b += cb.to(tl.float32)
+    b = tl.where(k_ok[:, None], b, float("-inf"))
+    mx = tl.max(b, axis=0)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)  # all -inf: exp gives zeros, not NaN
+    e = tl.exp(b - mx[None, :])
+    s = tl.sum(e, axis=0)
+    beta = e / tl.where(s > 0, s, 1.0)[None, :]
+    return tl.where(t_ok[None, :], beta, 0.0)
+
+
+@triton.jit
+def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr, lp_ptr,
+                     N, M2, K, P2, S,
+                     s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
+                     HAS_SB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok, m_ok, k_ok = offs_n < N, offs_m < M2, offs_k < K
+    C = N + M2
+    dt = fx2_ptr.dtype.element_ty
+    # phi = [phi_x | phi_c], loaded once per program in the input dtype (tensor-core operands).
+    phi_x = tl.load(phi_ptr + offs_k[:, None] * C + offs_n[None, :],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    phi_c = tl.load(phi_ptr + offs_k[:, None] * C + N + offs_m[None, :],
+                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    phi_b = tl.load(phib_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+
+    m_i = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_K], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    n_tiles = tl.cdiv(P2, BLOCK_P)
+    # Tiles are dealt round-robin (tile = pid + it * S): the last, partly empty round costs
+    # every program the same.
+    for it in range(0, tl.cdiv(n_tiles, S)):
+        offs_p = (pid + it * S) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < P2
+        x = tl.load(fx2_ptr + b * s_xb + offs_n[:, None] * s_xc + offs_p[None, :] * s_xp,
+                    mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+        c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
+                    mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
+                             p_ok, s_sbk, s_sbp, HAS_SB, DOT_PREC)
+        m_new = tl.maximum(m_i, tl.max(a, axis=1))
+        # A row with only -inf so far has no finite shift; 0 makes its exps exact zeros.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        scale = tl.exp(m_i - m_safe)
+        p = tl.exp(a - m_safe[:, None])
+        l_i = l_i * scale + tl.sum(p, axis=1)
+        acc = acc * scale[None, :] + tl.dot(x, tl.trans(p).to(dt), input_precision=DOT_PREC)
+        m_i = m_new
+
+    part = b * S + pid
+    tl.store(vp_ptr + part * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K + offs_k[None, :], acc)
+    tl.store(mp_ptr + part * BLOCK_K + offs_k, m_i)
+    tl.store(lp_ptr + part * BLOCK_K + offs_k, l_i)
+
+
+@triton.jit
+def _msca_merge_kernel(vp_ptr, mp_ptr, lp_ptr, v_ptr, lse_ptr, N, K, S,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Log-sum-exp merge of the S partials of one batch item, in a fixed order."""
+    b = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    base = b * S
+    mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    for s in range(0, S):
+        mx = tl.maximum(mx, tl.load(mp_ptr + (base + s) * BLOCK_K + offs_k))
+    mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
+    total = tl.zeros([BLOCK_K], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for s in range(0, S):
+        w = tl.exp(tl.load(mp_ptr + (base + s) * BLOCK_K + offs_k) - mx_safe)
+        total += w * tl.load(lp_ptr + (base + s) * BLOCK_K + offs_k)
+        vp = tl.load(vp_ptr + (base + s) * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K
+                     + offs_k[None, :])
+        acc += vp * w[None, :]
+    # A row whose logits are all -inf attends to nothing: V = 0, lse = -inf (alpha = 0 later).
+    v = acc / tl.where(total > 0, total, 1.0)[None, :]
+    lse = tl.where(total > 0, mx_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
+    tl.store(v_ptr + b * N * K + offs_n[:, None] * K + offs_k[None, :], v,
+             mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
+    tl.store(lse_ptr + b * K + offs_k, lse, mask=offs_k < K)
+
+
+@triton.jit
+def _msca_out_kernel(fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr, out_ptr,
+                     N, M1, K, P1,
+                     s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
+                     HAS_CB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok, m_ok, k_ok, t_ok = offs_n < N, offs_m < M1, offs_k < K, offs_t < P1
+    psi = tl.load(psi_ptr + offs_k[:, None] * M1 + offs_m[None, :],
+                  mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    psi_b = tl.load(psib_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    f = tl.load(fc1_ptr + b * s_fb + offs_m[:, None] * s_fc + offs_t[None, :] * s_fp,
+                mask=m_ok[:, None] & t_ok[None, :], other=0.0)
+    beta = _target_softmax(psi, f, psi_b, cb_ptr + b * s_cbb, offs_k, offs_t, k_ok, t_ok, s_cbk,
+                           s_cbt, HAS_CB, DOT_PREC)
+    v = tl.load(v_ptr + b * N * K + offs_n[:, None] * K + offs_k[None, :],
+                mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    gate = tl.load(mask_ptr + b * K + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    out = tl.dot(v * gate[None, :], beta, input_precision=DOT_PREC)
+    tl.store(out_ptr + b * N * P1 + offs_n[:, None] * P1 + offs_t[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & t_ok[None, :])
+
+
+@triton.jit
+def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr,
+                            dfc1_ptr, dcb_ptr, dvm_p_ptr, dpsi_p_ptr, dpsib_p_ptr,
+                            N, M1, K, P1, S,
+                            s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
+                            HAS_CB: tl.constexpr, NEED_DCB: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok, m_ok, k_ok = offs_n < N, offs_m < M1, offs_k < K
+    dt = fc1_ptr.dtype.element_ty
+    psi = tl.load(psi_ptr + offs_k[:, None] * M1 + offs_m[None, :],
+                  mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    psi_t32 = tl.trans(psi.to(tl.float32))
+    psi_b = tl.load(psib_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + b * N * K + offs_n[:, None] * K + offs_k[None, :],
+                mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    gate = tl.load(mask_ptr + b * K + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    vm_t = tl.trans(v * gate[None, :])  # (K, N)
+
+    acc_dvm = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc_dpsi = tl.zeros([BLOCK_K, BLOCK_M], tl.float32)
+    acc_dpsib = tl.zeros([BLOCK_K], tl.float32)
+    n_tiles = tl.cdiv(P1, BLOCK_T)
+    for it in range(0, tl.cdiv(n_tiles, S)):
+        offs_t = (pid + it * S) * BLOCK_T + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < P1
+        f = tl.load(fc1_ptr + b * s_fb + offs_m[:, None] * s_fc + offs_t[None, :] * s_fp,
+                    mask=m_ok[:, None] & t_ok[None, :], other=0.0)
+        beta = _target_softmax(psi, f, psi_b, cb_ptr + b * s_cbb, offs_k, offs_t, k_ok, t_ok,
+                               s_cbk, s_cbt, HAS_CB, DOT_PREC)
+        do = tl.load(do_ptr + b * N * P1 + offs_n[:, None] * P1 + offs_t[None, :],
+                     mask=n_ok[:, None] & t_ok[None, :], other=0.0)
+        dbeta = tl.dot(vm_t, do.to(tl.float32), input_precision=DOT_PREC)  # (K, T)
+        db = beta * (dbeta - tl.sum(beta * dbeta, axis=0)[None, :])
+        dfc1 = tl.dot(psi_t32, db, input_precision=DOT_PREC)  # (M1, T)
+        tl.store(dfc1_ptr + b * M1 * P1 + offs_m[:, None] * P1 + offs_t[None, :],
+                 dfc1.to(dt), mask=m_ok[:, None] & t_ok[None, :])
+        if NEED_DCB:
+            tl.store(dcb_ptr + b * K * P1 + offs_k[:, None] * P1 + offs_t[None, :],
+                     db.to(dt), mask=k_ok[:, None] & t_ok[None, :])
+        acc_dvm += tl.dot(do, tl.trans(beta).to(dt), input_precision=DOT_PREC)
+        acc_dpsi += tl.dot(db, tl.trans(f.to(tl.float32)), input_precision=DOT_PREC)
+        acc_dpsib += tl.sum(db, axis=1)
+
+    part = b * S + pid
+    tl.store(dvm_p_ptr + part * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K + offs_k[None, :],
+             acc_dvm)
+    tl.store(dpsi_p_ptr + part * BLOCK_K * BLOCK_M + offs_k[:, None] * BLOCK_M + offs_m[None, :],
+             acc_dpsi)
+    tl.store(dpsib_p_ptr + part * BLOCK_K + offs_k, acc_dpsib)
+
+
+@triton.jit
+def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_ptr, dv_ptr,
+                              c_ptr, dfx2_ptr, dfc2_ptr, dsb_ptr, dphi_p_ptr, dphib_p_ptr,
+                              N, M2, K, P2, S,
+                              s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
+                              HAS_SB: tl.constexpr, NEED_DSB: tl.constexpr,
+                              DALPHA_F64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+                              DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok, m_ok, k_ok = offs_n < N, offs_m < M2, offs_k < K
+    C = N + M2
+    dt = fx2_ptr.dtype.element_ty
+    phi_x = tl.load(phi_ptr + offs_k[:, None] * C + offs_n[None, :],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    phi_c = tl.load(phi_ptr + offs_k[:, None] * C + N + offs_m[None, :],
+                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+    phi_xt = tl.trans(phi_x.to(tl.float32))  # (N, K)
+    phi_ct = tl.trans(phi_c.to(tl.float32))  # (M2, K)
+    phi_b = tl.load(phib_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + b * K + offs_k, mask=k_ok, other=float("-inf"))
+    row_ok = lse > float("-inf")  # rows that attend to something
+    lse = tl.where(row_ok, lse, 0.0)
+    dv = tl.load(dv_ptr + b * N * K + offs_n[:, None] * K + offs_k[None, :],
+                 mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # dV = dVm * mask, (N, K)
+    dv_t = tl.trans(dv)
+    cc = tl.load(c_ptr + b * K + offs_k, mask=k_ok, other=0.0)
+
+    acc_dphix = tl.zeros([BLOCK_K, BLOCK_N], tl.float32)
+    acc_dphic = tl.zeros([BLOCK_K, BLOCK_M], tl.float32)
+    acc_dphib = tl.zeros([BLOCK_K], tl.float32)
+    n_tiles = tl.cdiv(P2, BLOCK_P)
+    for it in range(0, tl.cdiv(n_tiles, S)):
+        offs_p = (pid + it * S) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < P2
+        x = tl.load(fx2_ptr + b * s_xb + offs_n[:, None] * s_xc + offs_p[None, :] * s_xp,
+                    mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+        c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
+                    mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
+                             p_ok, s_sbk, s_sbp, HAS_SB, DOT_PREC)
+        alpha = tl.where(row_ok[:, None], tl.exp(a - lse[:, None]), 0.0)  # (K, P)
+        x32 = x.to(tl.float32)
+        c32 = c.to(tl.float32)
+        if DALPHA_F64:
+            # At a peaked softmax (alpha one-hot) dalpha[k, j*] and c[k] are the same sum up to
+            # rounding and da is their difference, later multiplied by phi (large when the
+            # logits are). In float64 the products of float32 values are exact and the
+            # difference keeps its digits.
+            dalpha64 = tl.dot(dv_t.to(tl.float64), x.to(tl.float64))
+            da = (alpha.to(tl.float64) * (dalpha64 - cc[:, None])).to(tl.float32)
+        else:
+            dalpha = tl.dot(dv_t, x32, input_precision=DOT_PREC)
+            da = alpha * (dalpha - cc[:, None])
+        dfx2 = (tl.dot(dv, alpha, input_precision=DOT_PREC)
+                + tl.dot(phi_xt, da, input_precision=DOT_PREC))
+        dfc2 = tl.dot(phi_ct, da, input_precision=DOT_PREC)
+        tl.store(dfx2_ptr + b * N * P2 + offs_n[:, None] * P2 + offs_p[None, :], dfx2.to(dt),
+                 mask=n_ok[:, None] & p_ok[None, :])
+        tl.store(dfc2_ptr + b * M2 * P2 + offs_m[:, None] * P2 + offs_p[None, :], dfc2.to(dt),
+                 mask=m_ok[:, None] & p_ok[None, :])
+        if NEED_DSB:
+            tl.store(dsb_ptr + b * K * P2 + offs_k[:, None] * P2 + offs_p[None, :], da.to(dt),
+                     mask=k_ok[:, None] & p_ok[None, :])
+        acc_dphix += tl.dot(da, tl.trans(x32), input_precision=DOT_PREC)
+        acc_dphic += tl.dot(da, tl.trans(c32), input_precision=DOT_PREC)
+        acc_dphib += tl.sum(da, axis=1)
+
+    part = b * S + pid
+    CB = BLOCK_N + BLOCK_M
+    tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + offs_n[None, :], acc_dphix)
+    tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + BLOCK_N + offs_m[None, :],
+             acc_dphic)
+    tl.store(dphib_p_ptr + part * BLOCK_K + offs_k, acc_dphib)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch configurations
+
+_P_OPTIONS = [dict(BLOCK_P=32), dict(BLOCK_P=64), dict(BLOCK_P=128)]
+_T_OPTIONS = [dict(BLOCK_T=32), dict(BLOCK_T=64), dict(BLOCK_T=128)]
+_INTERP_P = dict(BLOCK_P=16, num_warps=4)
+_INTERP_T = dict(BLOCK_T=16, num_warps=4)
+
+_fwd_kernel, _fwd_meta = _common.tuned(
+    _msca_fwd_kernel, _common.configs(_P_OPTIONS), ["N", "M2", "K", "P2", "S", "HAS_SB"],
+    _INTERP_P)
+_out_kernel, _out_meta = _common.tuned(
+    _msca_out_kernel, _common.configs(_T_OPTIONS), ["N", "M1", "K", "P1", "HAS_CB"], _INTERP_T)
+_bwd_target_kernel, _bwd_target_meta = _common.tuned(
+    _msca_bwd_target_kernel, _common.configs(_T_OPTIONS), ["N", "M1", "K", "P1", "S", "HAS_CB"],
+    _INTERP_T)
+_bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
+    _msca_bwd_exemplar_kernel, _common.configs(_P_OPTIONS), ["N", "M2", "K", "P2", "S", "HAS_SB"],
+    _INTERP_P)
+
+# Split programs per exemplar/target pass: tiles are at least this big, so the partial count is
+# bounded by P / 32 even before the SM-count cap.
+_MIN_TILE = 32 if not _common.INTERPRET else 16
+
+
+def _strides3(t: Optional[torch.Tensor]) -> tuple[int, int, int]:
+    return (0, 0, 0) if t is None else tuple(t.stride())
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+
+
+@triton_op("msca_kernels::triton_msca_fwd", mutates_args={})
+def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
+                    phi_weight: torch.Tensor, phi_bias: torch.Tensor, psi_weight: torch.Tensor,
+                    psi_bias: torch.Tensor, mask: torch.Tensor,
+                    spatial_bias: Optional[torch.Tensor],
+                    channel_bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """fx2 (B,N,P2), fc2 (B,M2,P2), fc1 (B,M1,P1) (any strides), weights contiguous 2-D,
+    biases (K), mask (B,K), spatial_bias (B,K,P2), channel_bias (B,K,P1) or None.
+    Returns out (B,N,P1) in the input dtype, V (B,N,K) and lse (B,K) in float32."""
+    B, N, P2 = fx2.shape
+    M2 = fc2.shape[1]
+    M1, P1 = fc1.shape[1:]
+    K = phi_weight.shape[0]
+    BN, BM2, BM1, BK = block(N), block(M2), block(M1), block(K)
+    prec = _common.dot_precision(fx2.dtype)
+    S = _common.num_programs(fx2.device, triton.cdiv(P2, _MIN_TILE))
+    f32 = dict(device=fx2.device, dtype=torch.float32)
+    vp = torch.empty((B, S, BN, BK), **f32)
+    mp = torch.empty((B, S, BK), **f32)
+    lp = torch.empty((B, S, BK), **f32)
+    sb = spatial_bias if spatial_bias is not None else fx2
+    wrap_triton(_fwd_kernel)[(B, S)](
+        fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
+        *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
+        HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
+        **_fwd_meta)
+    V = torch.empty((B, N, K), **f32)
+    lse = torch.empty((B, K), **f32)
+    wrap_triton(_msca_merge_kernel)[(B,)](vp, mp, lp, V, lse, N, K, S, BLOCK_N=BN, BLOCK_K=BK)
+    out = torch.empty((B, N, P1), device=fx2.device, dtype=fx2.dtype)
+    cb = channel_bias if channel_bias is not None else fc1
+    block_t = _out_meta.get("BLOCK_T")
+    grid = ((lambda meta: (B, triton.cdiv(P1, meta["BLOCK_T"]))) if block_t is None
+            else (B, triton.cdiv(P1, block_t)))
+    wrap_triton(_out_kernel)[grid](
+        fc1, psi_weight, psi_bias, cb, V, mask, out, N, M1, K, P1,
+        *fc1.stride(), *_strides3(channel_bias),
+        HAS_CB=channel_bias is not None, BLOCK_N=BN, BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec,
+        **_out_meta)
+    return out, V, lse
+
+
+@triton_op("msca_kernels::triton_msca_bwd", mutates_args={})
+def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor,
+                    fc1: torch.Tensor, phi_weight: torch.Tensor, phi_bias: torch.Tensor,
+                    psi_weight: torch.Tensor, psi_bias: torch.Tensor, mask: torch.Tensor,
+                    spatial_bias: Optional[torch.Tensor], channel_bias: Optional[torch.Tensor],
+                    V: torch.Tensor, lse: torch.Tensor, need_spatial_bias_grad: bool,
+                    need_channel_bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dfx2, dfc2, dfc1, dphi, dphi_bias, dpsi, dpsi_bias, dmask, dspatial_bias,
+    dchannel_bias) in the input dtype; a bias gradient not asked for is an empty tensor.
+    grad_out (B,N,P1) contiguous."""
+    B, N, P2 = fx2.shape
+    M2 = fc2.shape[1]
+    M1, P1 = fc1.shape[1:]
+    K = phi_weight.shape[0]
+    dt = fx2.dtype
+    BN, BM2, BM1, BK = block(N), block(M2), block(M1), block(K)
+    prec = _common.dot_precision(dt)
+    f32 = dict(device=fx2.device, dtype=torch.float32)
+
+    # Pass A: target tiles.
+    S1 = _common.num_programs(fx2.device, triton.cdiv(P1, _MIN_TILE))
+    dfc1 = torch.empty((B, M1, P1), device=fx2.device, dtype=dt)
+    dcb = (torch.empty((B, K, P1), device=fx2.device, dtype=dt) if need_channel_bias_grad
+           else fx2.new_empty((0,)))
+    dvm_p = torch.empty((B, S1, BN, BK), **f32)
+    dpsi_p = torch.empty((B, S1, BK, BM1), **f32)
+    dpsib_p = torch.empty((B, S1, BK), **f32)
+    cb = channel_bias if channel_bias is not None else fc1
+    wrap_triton(_bwd_target_kernel)[(B, S1)](
+        grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1, dcb if need_channel_bias_grad
+        else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1,
+        *fc1.stride(), *_strides3(channel_bias),
+        HAS_CB=channel_bias is not None, NEED_DCB=need_channel_bias_grad, BLOCK_N=BN,
+        BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec, **_bwd_target_meta)
+
+    # The small reductions between the passes (N x K and K values per batch item), in a fixed
+    # order: dVm, then dmask = sum_n dVm V, dV = dVm * mask and c = sum_n dV V.
+    dvm = dvm_p.sum(1)[:, :N, :K]
+    gate = mask.float()
+    dmask = (dvm * V).sum(1)
+    dv = (dvm * gate[:, None, :]).contiguous()
+    # float32 inputs: c (and dalpha in the kernel) in float64, see _msca_bwd_exemplar_kernel.
+    dalpha_f64 = dt == torch.float32
+    c = ((dv.double() * V.double()).sum(1) if dalpha_f64 else (dv * V).sum(1)).contiguous()
+
+    # Pass B: exemplar tiles.
+    S2 = _common.num_programs(fx2.device, triton.cdiv(P2, _MIN_TILE))
+    dfx2 = torch.empty((B, N, P2), device=fx2.device, dtype=dt)
+    dfc2 = torch.empty((B, M2, P2), device=fx2.device, dtype=dt)
+    dsb = (torch.empty((B, K, P2), device=fx2.device, dtype=dt) if need_spatial_bias_grad
+           else fx2.new_empty((0,)))
+    dphi_p = torch.empty((B, S2, BK, BN + BM2), **f32)
+    dphib_p = torch.empty((B, S2, BK), **f32)
+    sb = spatial_bias if spatial_bias is not None else fx2
+    wrap_triton(_bwd_exemplar_kernel)[(B, S2)](
+        fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
+        dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
+        *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
+        HAS_SB=spatial_bias is not None, NEED_DSB=need_spatial_bias_grad,
+        DALPHA_F64=dalpha_f64, BLOCK_N=BN,
+        BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec, **_bwd_exemplar_meta)
+
+    dphi_full = dphi_p.sum((0, 1))
+    dphi = torch.cat([dphi_full[:K, :N], dphi_full[:K, BN:BN + M2]], dim=1).to(dt)
+    dphi_b = dphib_p.sum((0, 1))[:K].to(dt)
+    dpsi = dpsi_p.sum((0, 1))[:K, :M1].to(dt)
+    dpsi_b = dpsib_p.sum((0, 1))[:K].to(dt)
+    return (dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask.to(mask.dtype), dsb, dcb)
+
+
+class MSCAFunction:
+    """The autograd formula of triton_msca_fwd, registered with torch.library.register_autograd
+    (as the C++ op's is) rather than as a torch.autograd.Function, so that the op itself is
+    differentiable: torch.compile and opcheck see one custom op with its backward. Forward saves
+    the inputs, V and lse; backward recomputes alpha and beta from them."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, spatial_bias,
+         channel_bias) = inputs
+        _, V, lse = output
+        ctx.has_spatial_bias = spatial_bias is not None
+        ctx.has_channel_bias = channel_bias is not None
+        saved = [fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse]
+        if ctx.has_spatial_bias:
+            saved.append(spatial_bias)
+        if ctx.has_channel_bias:
+            saved.append(channel_bias)
+        ctx.save_for_backward(*saved)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_V, _grad_lse):
+        saved = list(ctx.saved_tensors)
+        fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse = saved[:10]
+        rest = saved[10:]
+        spatial_bias = rest.pop(0) if ctx.has_spatial_bias else None
+        channel_bias = rest.pop(0) if ctx.has_channel_bias else None
+        need = ctx.needs_input_grad
+        need_sb = bool(ctx.has_spatial_bias and need[8])
+        need_cb = bool(ctx.has_channel_bias and need[9])
+        grads = torch.ops.msca_kernels.triton_msca_bwd(
+            grad_out.contiguous(), fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias,
+            mask, spatial_bias, channel_bias, V, lse, need_sb, need_cb)
+        dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask, dsb, dcb = grads
+        return (dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask,
+                dsb if need_sb else None, dcb if need_cb else None)
+
+
+torch.library.register_autograd("msca_kernels::triton_msca_fwd", MSCAFunction.backward,
+                                setup_context=MSCAFunction.setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# host entry point
+
+
+def msca_forward(fx2, fc2, fc1, phi, psi, mask=None, phi_bias=None, psi_bias=None, *,
+                 spatial_bias=None, channel_bias=None):
+    """out (B,N,H1,W1) of MSCA, differentiable in every tensor argument.
+
+    fx2, fc2, fc1 (B,C,H,W) in one of float32, float16, bfloat16 (layout free: the kernels take
+    strides, so channels_last needs no copy); phi (K,N+M2), psi (K,M1) 2-D in the same dtype;
+    mask (B,K), phi_bias, psi_bias (K), spatial_bias (B,K,H2,W2), channel_bias (B,K,H1,W1) or
+    None. Called by msca_kernels.msca_attention after validation.
+    """
+    B, N = fx2.shape[:2]
+    H1, W1 = fc1.shape[2:]
+    K = phi.shape[0]
+    if mask is None:
+        mask = fx2.new_ones((B, K))
+    if phi_bias is None:
+        phi_bias = fx2.new_zeros((K,))
+    if psi_bias is None:
+        psi_bias = fx2.new_zeros((K,))
+    # reshape is a view whenever H and W can merge (contiguous and channels_last both can).
+    flat = lambda t: None if t is None else t.reshape(t.shape[0], t.shape[1], -1)  # noqa: E731
+    out, _, _ = torch.ops.msca_kernels.triton_msca_fwd(
+        flat(fx2), flat(fc2), flat(fc1), phi.contiguous(), phi_bias.contiguous(),
+        psi.contiguous(), psi_bias.contiguous(), mask.contiguous(), flat(spatial_bias),
+        flat(channel_bias))
+    return out.view(B, N, H1, W1)

@@ -7,5 +7,6 @@ which is how the test suite checks them on machines without a GPU.
 """
 from __future__ import annotations
 
-from . import msca  # noqa: F401  (the import registers the custom ops)
+from . import msca, spade  # noqa: F401  (imports register the custom ops)
 from .msca import msca_forward  # noqa: F401
+from .spade import spade_norm_forward  # noqa: F401

@@ -98,5 +98,19 @@ for h in "$here"/*.h; do
   fi
 done
 
+# Link a host program against the kernels of the first architecture: every launcher the
+# bindings call must resolve to an explicit instantiation. It is run too (it launches nothing).
+first_arch="${ARCHS%% *}"
+if [ $status -eq 0 ] && [ -f "$here/link_check.cpp" ]; then
+  if "$NVCC" -std=c++17 -x c++ -c "$here/link_check.cpp" -o "$tmp/link_check.o" 2>"$tmp/link.err" &&
+     "$NVCC" -o "$tmp/link_check" "$tmp/link_check.o" "$tmp"/*.sm_"$first_arch".o 2>>"$tmp/link.err"; then
+    "$tmp/link_check" || { echo "cuda-check: link_check failed" >&2; status=1; }
+  else
+    echo "cuda-check: launchers do not link:" >&2
+    cat "$tmp/link.err" >&2
+    status=1
+  fi
+fi
+
 if [ $status -eq 0 ]; then echo "cuda-check: OK (${#sources[@]} files x archs $ARCHS, no spills)"; fi
 exit $status

@@ -14,6 +14,8 @@ import os
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op, wrap_triton
 
 # Read once: triton itself decides at import whether it interprets.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -69,3 +71,30 @@ def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict):
     if INTERPRET:
         return kernel, dict(interpret_meta)
     return triton.autotune(configs=gpu_configs, key=key)(kernel), {}
+
+
+def launch(kernel, grid, *args, **meta) -> None:
+    """kernel[grid](*args, **meta) through torch.library.wrap_triton, so that torch.compile
+    sees the launch. Under the interpreter wrap_triton hands back the bare kernel, which would
+    run on fake tensors when the op is traced for shapes: there the launch is skipped (the op's
+    fake implementation is its body without launches, see register_op)."""
+    if INTERPRET and any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+        return
+    wrap_triton(kernel)[grid](*args, **meta)
+
+
+def register_op(name: str):
+    """Registers a host function as the custom op `name`, its schema from its annotations.
+
+    On a GPU: torch.library.triton_op, which torch.compile decomposes into its kernel launches
+    (inductor schedules them with the rest of the graph). Under the interpreter the launches
+    cannot be traced (they run numpy code on real CPU data), so the op stays opaque: a plain
+    custom_op whose fake implementation is the same body, launches skipped.
+    """
+    def dec(fn):
+        if not INTERPRET:
+            return triton_op(name, mutates_args={})(fn)
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fn)
+        return op
+    return dec

@@ -33,7 +33,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from . import _common
 from ._common import block
@@ -351,7 +350,7 @@ def _strides3(t: Optional[torch.Tensor]) -> tuple[int, int, int]:
 # ops
 
 
-@triton_op("msca_kernels::triton_msca_fwd", mutates_args={})
+@_common.register_op("msca_kernels::triton_msca_fwd")
 def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
                     phi_weight: torch.Tensor, phi_bias: torch.Tensor, psi_weight: torch.Tensor,
                     psi_bias: torch.Tensor, mask: torch.Tensor,
@@ -373,20 +372,20 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     mp = torch.empty((B, S, BK), **f32)
     lp = torch.empty((B, S, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
-    wrap_triton(_fwd_kernel)[(B, S)](
+    _common.launch(_fwd_kernel, (B, S), 
         fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
         **_fwd_meta)
     V = torch.empty((B, N, K), **f32)
     lse = torch.empty((B, K), **f32)
-    wrap_triton(_msca_merge_kernel)[(B,)](vp, mp, lp, V, lse, N, K, S, BLOCK_N=BN, BLOCK_K=BK)
+    _common.launch(_msca_merge_kernel, (B,), vp, mp, lp, V, lse, N, K, S, BLOCK_N=BN, BLOCK_K=BK)
     out = torch.empty((B, N, P1), device=fx2.device, dtype=fx2.dtype)
     cb = channel_bias if channel_bias is not None else fc1
     block_t = _out_meta.get("BLOCK_T")
     grid = ((lambda meta: (B, triton.cdiv(P1, meta["BLOCK_T"]))) if block_t is None
             else (B, triton.cdiv(P1, block_t)))
-    wrap_triton(_out_kernel)[grid](
+    _common.launch(_out_kernel, grid, 
         fc1, psi_weight, psi_bias, cb, V, mask, out, N, M1, K, P1,
         *fc1.stride(), *_strides3(channel_bias),
         HAS_CB=channel_bias is not None, BLOCK_N=BN, BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec,
@@ -394,7 +393,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     return out, V, lse
 
 
-@triton_op("msca_kernels::triton_msca_bwd", mutates_args={})
+@_common.register_op("msca_kernels::triton_msca_bwd")
 def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor,
                     fc1: torch.Tensor, phi_weight: torch.Tensor, phi_bias: torch.Tensor,
                     psi_weight: torch.Tensor, psi_bias: torch.Tensor, mask: torch.Tensor,
@@ -422,7 +421,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dpsi_p = torch.empty((B, S1, BK, BM1), **f32)
     dpsib_p = torch.empty((B, S1, BK), **f32)
     cb = channel_bias if channel_bias is not None else fc1
-    wrap_triton(_bwd_target_kernel)[(B, S1)](
+    _common.launch(_bwd_target_kernel, (B, S1), 
         grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1, dcb if need_channel_bias_grad
         else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1,
         *fc1.stride(), *_strides3(channel_bias),
@@ -448,7 +447,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dphi_p = torch.empty((B, S2, BK, BN + BM2), **f32)
     dphib_p = torch.empty((B, S2, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
-    wrap_triton(_bwd_exemplar_kernel)[(B, S2)](
+    _common.launch(_bwd_exemplar_kernel, (B, S2), 
         fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
         dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),

@@ -23,7 +23,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from . import _common
 
@@ -198,7 +197,7 @@ def _groups(x: torch.Tensor, instance: bool) -> tuple[int, int, int, int, int]:
     return G, n, P, C * P, CH
 
 
-@triton_op("msca_kernels::triton_spade_norm_fwd", mutates_args={})
+@_common.register_op("msca_kernels::triton_spade_norm_fwd")
 def triton_spade_norm_fwd(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                           mean: Optional[torch.Tensor], rstd: Optional[torch.Tensor],
                           instance: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor,
@@ -214,22 +213,22 @@ def triton_spade_norm_fwd(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tens
         cnt_p = torch.empty((G, CH), **f32)
         mean_p = torch.empty((G, CH), **f32)
         m2_p = torch.empty((G, CH), **f32)
-        wrap_triton(_stats_kernel)[(G, CH)](x, cnt_p, mean_p, m2_p, n, P, CP, CH,
+        _common.launch(_stats_kernel, (G, CH), x, cnt_p, mean_p, m2_p, n, P, CP, CH,
                                             INSTANCE=instance, **_stats_meta)
         mean_out = torch.empty(shp, **f32)
         rstd_out = torch.empty(shp, **f32)
-        wrap_triton(_spade_stats_merge_kernel)[(G,)](
+        _common.launch(_spade_stats_merge_kernel, (G,), 
             cnt_p, mean_p, m2_p, mean_out, rstd_out, CH, eps, BLOCK_CH=_common.block(CH, 2))
     else:
         mean_out = mean.to(torch.float32).clone()
         rstd_out = rstd.to(torch.float32).clone()
     out = torch.empty_like(x)
-    wrap_triton(_apply_kernel)[(G, CH)](x, gamma, beta, mean_out, rstd_out, out, n, P, CP, CH,
+    _common.launch(_apply_kernel, (G, CH), x, gamma, beta, mean_out, rstd_out, out, n, P, CP, CH,
                                         INSTANCE=instance, **_apply_meta)
     return out, mean_out, rstd_out
 
 
-@triton_op("msca_kernels::triton_spade_norm_bwd", mutates_args={})
+@_common.register_op("msca_kernels::triton_spade_norm_bwd")
 def triton_spade_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor,
                           mean: torch.Tensor, rstd: torch.Tensor, instance: bool,
                           batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,11 +239,11 @@ def triton_spade_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.
     sg = torch.zeros((G, CH), **f32)
     sgx = torch.zeros((G, CH), **f32)
     if batch_stats:
-        wrap_triton(_reduce_kernel)[(G, CH)](grad_out, x, gamma, mean, rstd, sg, sgx, n, P, CP,
+        _common.launch(_reduce_kernel, (G, CH), grad_out, x, gamma, mean, rstd, sg, sgx, n, P, CP,
                                              CH, INSTANCE=instance, **_reduce_meta)
     dx = torch.empty_like(x)
     dgamma = torch.empty_like(x)
-    wrap_triton(_bwd_apply_kernel)[(G, CH)](
+    _common.launch(_bwd_apply_kernel, (G, CH), 
         grad_out, x, gamma, mean, rstd, sg, sgx, dx, dgamma, n, P, CP, CH, CH,
         INSTANCE=instance, BATCH_STATS=batch_stats, BLOCK_CH=_common.block(CH, 2),
         **_bwd_apply_meta)

@@ -1,8 +1,9 @@
 """Builds msca_kernels._C from csrc/ with torch.utils.cpp_extension.
 
 The CPU part (csrc/ops.cpp, csrc/cpu/*.cpp) is always built, with OpenMP so at::parallel_for
-uses every core. The CUDA part (csrc/cuda/*.cu and its bindings) is added only where nvcc and a
-CUDA build of torch are both present; set MSCA_NO_CUDA=1 to skip it anyway.
+uses every core. The CUDA part (csrc/cuda/*.cu raw kernels and the *_bindings.cpp that register
+them for the CUDA dispatch key) is added only where nvcc and a CUDA build of torch are both
+present; set MSCA_NO_CUDA=1 to skip it anyway. TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX".
 -march=native: every machine builds its own copy (pip install -e . on that machine), so the
 kernels use its widest vector unit; set MSCA_PORTABLE=1 for a binary that runs on any x86-64.
 """
@@ -26,13 +27,17 @@ def extension():
     if os.environ.get("MSCA_PORTABLE") != "1":
         cxx.append("-march=native")
     sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
-    cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
+    # csrc/cuda/link_check.cpp is a stand-alone program of make cuda-check, not part of the module
+    cuda_sources = rel("csrc/cuda/*.cu") + rel("csrc/cuda/*_bindings.cpp")
     want_cuda = (os.environ.get("MSCA_NO_CUDA") != "1" and torch.version.cuda is not None
                  and CUDA_HOME is not None and cuda_sources)
     common = dict(name="msca_kernels._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if want_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # sm_80 and sm_90 code, plus sm_90 PTX so newer GPUs can JIT-compile the kernels.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        # The same device flags as csrc/cuda/check.sh (make cuda-check), which verifies that
+        # these kernels compile for sm_80/sm_90 without register spills.
         nvcc = ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]
         return CUDAExtension(sources=sources + cuda_sources,
                              extra_compile_args={"cxx": cxx + ["-DMSCA_WITH_CUDA"], "nvcc": nvcc},

@@ -4,6 +4,13 @@
     msca synthesize --label L.png --exemplar X.jpg --exemplar-label XL.png --out out.png
     msca swap --n 4 --out grid.png
     msca demo --out out/demo
+    msca interpolate --out interp.png [--steps 6]       (procedural scenes, or your own files)
+    msca spatial-interpolate --out spatial.png
+    msca extrapolate --out extrap.png
+    msca attention --out attention.png [--scale 0]
+    msca label-transfer --out transfer.png [--pairs 200]
+    msca retrieve --label L.png --pool DIR [--k 20] [--out top.png]
+    msca evaluate --config demo [--out out/eval/table1.md]
 
 Errors are reported as one line naming the file or argument at fault (exit status 2); set
 MSCA_DEBUG=1 for the traceback.
@@ -95,11 +102,92 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _ckpt(args) -> str:
+    return args.checkpoint or _repo_path(DEFAULT_CHECKPOINT)
+
+
+def _five(args):
+    return (args.label, args.exemplar_a, args.exemplar_a_label, args.exemplar_b,
+            args.exemplar_b_label)
+
+
+def cmd_interpolate(args) -> int:
+    from msca.apps.interpolate import interpolate_files
+    interpolate_files(out=args.out, checkpoint=_ckpt(args), steps=args.steps,
+                      files=_five(args), backend=args.backend, size=args.size,
+                      seed=args.seed, index=args.index)
+    print(f"msca interpolate: wrote {args.out}")
+    return 0
+
+
+def cmd_spatial_interpolate(args) -> int:
+    from msca.apps.interpolate import spatial_interpolate_files
+    spatial_interpolate_files(out=args.out, checkpoint=_ckpt(args), files=_five(args),
+                              backend=args.backend, size=args.size, seed=args.seed,
+                              index=args.index)
+    print(f"msca spatial-interpolate: wrote {args.out}")
+    return 0
+
+
+def cmd_extrapolate(args) -> int:
+    from msca.apps.extrapolate import extrapolate_files
+    extrapolate_files(out=args.out, checkpoint=_ckpt(args), label=args.label,
+                      exemplar=args.exemplar, exemplar_label=args.exemplar_label,
+                      factor=args.factor, n_random=args.random, backend=args.backend,
+                      seed=args.seed, index=args.index)
+    print(f"msca extrapolate: wrote {args.out}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from msca.apps.label_transfer import attention_files
+    attention_files(out=args.out, checkpoint=_ckpt(args), label=args.label,
+                    exemplar=args.exemplar, exemplar_label=args.exemplar_label,
+                    scale=args.scale, backend=args.backend, seed=args.seed, index=args.index)
+    print(f"msca attention: wrote {args.out}")
+    return 0
+
+
+def cmd_label_transfer(args) -> int:
+    from msca.apps.label_transfer import label_transfer_files
+    label_transfer_files(out=args.out, checkpoint=_ckpt(args), pairs=args.pairs,
+                         backend=args.backend, seed=args.seed, scale=args.scale)
+    print(f"msca label-transfer: wrote {args.out} and "
+          f"{os.path.splitext(args.out)[0]}.json")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from msca.apps.retrieve import retrieve_files
+    res = retrieve_files(label=args.label, pool=args.pool, k=args.k,
+                         num_classes=args.num_classes, out=args.out)
+    print(f"msca retrieve: top {len(res['ranked'])} for {res['target']} "
+          f"(label-histogram intersection):")
+    for rank, (name, score) in enumerate(res["ranked"], 1):
+        star = "  <- best match" if name == res["best"] else ""
+        print(f"  {rank:3d}. {score:.4f}  {name}{star}")
+    print(f"best match: {res['best']} (label agreement {res['agreement']:.3f})")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from msca.eval.evaluate import evaluate
+    evaluate(config=args.config, out=args.out, pairs=args.pairs, pool=args.pool, k=args.k,
+             color_correction=not args.no_color_correction,
+             checkpoint_dir=args.checkpoint_dir, dataroot=args.dataroot,
+             lpips_vgg16=args.lpips_vgg16, lpips_lin=args.lpips_lin,
+             fid_inception=args.fid_inception, backend=args.backend)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="msca", description="Example-guided image synthesis across arbitrary scenes "
-        "(MSCA): training, synthesis on your own files, style-structure swap grids, demo.")
+        "(MSCA): training, synthesis on your own files, style-structure swap grids, "
+        "interpolation, extrapolation, attention analysis, retrieval, evaluation, demo.")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -166,6 +254,111 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pairs", type=int, default=100, help="unseen test pairs (default 100)")
     d.add_argument("--backend", default=None, help="kernel backend")
     d.set_defaults(func=cmd_demo)
+
+    def common(q, procedural_what):
+        q.add_argument("--checkpoint", help=f"model (default {DEFAULT_CHECKPOINT})")
+        q.add_argument("--backend", default=None, help="kernel backend")
+        q.add_argument("--seed", type=int, default=0, help="procedural scene seed")
+        q.add_argument("--index", type=int, default=0,
+                       help=f"which procedural {procedural_what} (default 0)")
+
+    def two_exemplars(q):
+        q.add_argument("--label", help="target label map PNG (your own files: give all five)")
+        q.add_argument("--exemplar-a", help="exemplar A image")
+        q.add_argument("--exemplar-a-label", help="exemplar A label map PNG")
+        q.add_argument("--exemplar-b", help="exemplar B image")
+        q.add_argument("--exemplar-b-label", help="exemplar B label map PNG")
+        q.add_argument("--size", type=int, default=None, help="working resolution")
+
+    i = sub.add_parser("interpolate", help="style interpolation between two exemplars "
+                       "(paper Fig. 5)", description="A strip of STEPS outputs from exemplar "
+                       "A's style (a = 1) to B's (a = 0): the two exemplars side by side, the "
+                       "spatial logits biased by log(a/(1-a)), the feature mask interpolated. "
+                       "Procedural test scenes unless you give your own five files.")
+    i.add_argument("--out", required=True, help="output PNG")
+    i.add_argument("--steps", type=int, default=6, help="number of factors (default 6)")
+    two_exemplars(i)
+    common(i, "triplet")
+    i.set_defaults(func=cmd_interpolate)
+
+    si = sub.add_parser("spatial-interpolate", help="left-to-right style gradient in one image "
+                        "(paper Fig. 7)", description="Channel attention mixes A's and B's "
+                        "tokens with weight a(x) going 1 -> 0 from left to right.")
+    si.add_argument("--out", required=True, help="output PNG")
+    two_exemplars(si)
+    common(si, "triplet")
+    si.set_defaults(func=cmd_spatial_interpolate)
+
+    e = sub.add_parser("extrapolate", help="a larger canvas from a centre exemplar patch "
+                       "(paper Fig. 8)", description="Patches at the 4 corners and RANDOM "
+                       "random locations, G(label crop, exemplar patch), combined by a "
+                       "weighted average. Procedural: a test scene at FACTOR x the working "
+                       "size with its centre patch as the exemplar.")
+    e.add_argument("--out", required=True, help="output PNG")
+    e.add_argument("--label", help="label map PNG of the whole canvas (own files)")
+    e.add_argument("--exemplar", help="exemplar patch image (own files)")
+    e.add_argument("--exemplar-label", help="its label map PNG (own files)")
+    e.add_argument("--factor", type=int, default=2, help="procedural canvas size / patch size")
+    e.add_argument("--random", type=int, default=10, help="random patch locations (default 10)")
+    common(e, "scene")
+    e.set_defaults(func=cmd_extrapolate)
+
+    a = sub.add_parser("attention", help="the K spatial and K channel attention maps "
+                       "(paper Fig. 6)")
+    a.add_argument("--out", required=True, help="output PNG")
+    a.add_argument("--label", help="target label map PNG (own files)")
+    a.add_argument("--exemplar", help="exemplar image (own files)")
+    a.add_argument("--exemplar-label", help="its label map PNG (own files)")
+    a.add_argument("--scale", type=int, default=0, help="MSCA scale, 0 finest (default 0)")
+    common(a, "pair")
+    a.set_defaults(func=cmd_attention)
+
+    lt = sub.add_parser("label-transfer", help="label transfer matrix and hierarchical "
+                        "clustering (paper Appendix B)", description="One-hot exemplar labels "
+                        "carried by the finest-scale MSCA over PAIRS procedural test pairs, "
+                        "compared with the target labels; rows clustered (average linkage).")
+    lt.add_argument("--out", required=True, help="output PNG (the matrix also as .json)")
+    lt.add_argument("--pairs", type=int, default=200, help="test pairs (default 200)")
+    lt.add_argument("--scale", type=int, default=0,
+                    help="MSCA scale (default 0, the finest, as the paper)")
+    common(lt, "pair")
+    lt.set_defaults(func=cmd_label_transfer)
+
+    r = sub.add_parser("retrieve", help="top-k exemplars of a pool for a label map",
+                       description="Rank a pool of label maps (DIR/labels/*.png with "
+                       "DIR/images/, or *.png in DIR) by label-histogram intersection with "
+                       "LABEL; the best match among the top k is the one whose label map "
+                       "agrees with LABEL at the most pixels. Without --label/--pool: a "
+                       "procedural test scene and 300 others.")
+    r.add_argument("--label", help="target label map PNG")
+    r.add_argument("--pool", help="pool directory")
+    r.add_argument("--k", type=int, default=20, help="how many to list (default 20)")
+    r.add_argument("--num-classes", type=int, default=255,
+                   help="label ids are 0..N-1, 255 = unlabelled (default 255)")
+    r.add_argument("--out", help="also draw the ranking to this PNG")
+    r.set_defaults(func=cmd_retrieve)
+
+    v = sub.add_parser("evaluate", help="Table 1: duplicating, mirroring, retrieving (and "
+                       "exact cross-scene) tasks, PSNR/SSIM/LPIPS/FID/style loss, every column",
+                       description="Evaluates every checkpoint of the config's columns that "
+                       "exists (<name>.pt, <name>_gap.pt, _noattn, _nofm, _noglobal, "
+                       "_stylecode) on the procedural test split (or --dataroot), writes the "
+                       "markdown table to OUT (and OUT's .json) and prints it.")
+    v.add_argument("--config", default="demo", help="config name or file (default demo)")
+    v.add_argument("--out", default=os.path.join("out", "eval", "table1.md"),
+                   help="markdown output (default out/eval/table1.md)")
+    v.add_argument("--pairs", type=int, default=100, help="targets per task (default 100)")
+    v.add_argument("--pool", type=int, default=300, help="retrieval pool size (default 300)")
+    v.add_argument("--k", type=int, default=20, help="retrieval candidates (default 20)")
+    v.add_argument("--no-color-correction", action="store_true",
+                   help="retrieving: compare with the uncorrected ground truth")
+    v.add_argument("--checkpoint-dir", help="where the checkpoints are (default the config's)")
+    v.add_argument("--dataroot", help="a folder (images/, labels/) instead of procedural data")
+    v.add_argument("--lpips-vgg16", help="torchvision VGG-16 weights (vgg16-397923af.pth)")
+    v.add_argument("--lpips-lin", help="LPIPS linear layers (lpips weights/v0.1/vgg.pth)")
+    v.add_argument("--fid-inception", help="TorchScript Inception (inception-2015-12-05.pt)")
+    v.add_argument("--backend", default=None, help="kernel backend")
+    v.set_defaults(func=cmd_evaluate)
     return p
 
 

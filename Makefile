@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cpp)
 
-.PHONY: all venv build test test-slow bench demo cuda-check clean
+.PHONY: all venv build test test-slow bench bench-gpu demo cuda-check clean
 
 all: build
 
@@ -37,6 +37,14 @@ test-slow: build
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/cpu.json -q
 	$(PY) -m benchmarks.report benchmarks/results/cpu.json benchmarks/results/cpu.md
+
+# GPU suite (benchmarks/test_bench_gpu.py): needs a CUDA build of torch in the venv, e.g.
+# make bench-gpu TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# Writes benchmarks/results/<gpu-name>.json and .md (name from torch.cuda.get_device_name()).
+bench-gpu: build
+	@gpu=$$($(PY) -c "import re, torch; assert torch.cuda.is_available(), 'bench-gpu: no CUDA GPU visible to torch'; print(re.sub(r'[^A-Za-z0-9._-]+', '-', torch.cuda.get_device_name()).strip('-'))") && \
+	$(PY) -m pytest benchmarks/test_bench_gpu.py --benchmark-json=benchmarks/results/$$gpu.json -q && \
+	$(PY) -m benchmarks.report benchmarks/results/$$gpu.json benchmarks/results/$$gpu.md
 
 demo: build
 	$(VENV)/bin/msca demo --out out/demo

@@ -128,6 +128,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["msca_bench"] = machine_summary(config)
 
 
+# Cases that could not run at all (the GPU suite's dense attention beyond the memory of the
+# device): pytest-benchmark records only what was timed, so they travel in the JSON beside it.
+NOT_RUN: list[dict] = []
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if NOT_RUN:
+        output_json["msca_not_run"] = list(NOT_RUN)
+
+
 def pytest_terminal_summary(terminalreporter, config):
     bs = getattr(config, "_benchmarksession", None)
     if bs is None or not bs.benchmarks:

@@ -39,7 +39,7 @@ def _median(row: dict) -> float | None:
 def _key(e: dict) -> tuple:
     """What makes two rows the same case, backend aside."""
     return (e.get("op"), e.get("case"), e.get("mode"), e.get("size"), e.get("norm"),
-            e.get("device"))
+            e.get("device"), e.get("dtype"), e.get("clock"))
 
 
 def _rows(benchmarks: list[dict]) -> list[dict]:
@@ -53,10 +53,15 @@ def _rows(benchmarks: list[dict]) -> list[dict]:
         e["name"] = b.get("name")
         recs.append(e)
     ref = {_key(r): r for r in recs if r.get("backend") == "reference"}
+    # torch.compile(reference), a second baseline in the GPU suite
+    comp = {_key(r): r for r in recs if r.get("backend") == "compile"}
     for r in recs:
         base = ref.get(_key(r))
         r["speedup"] = (base["median"] / r["median"]
                         if base and base.get("median") and r.get("median") else None)
+        cb = comp.get(_key(r))
+        r["vs_compile"] = (cb["median"] / r["median"]
+                           if cb and cb.get("median") and r.get("median") else None)
         rb, bb = r.get("peak_beyond_bytes"), (base or {}).get("peak_beyond_bytes")
         r["beyond_ratio"] = rb / bb if rb is not None and bb else None
     return recs
@@ -124,29 +129,138 @@ def compact_table(benchmarks: list[dict], copy_gbps: dict | None = None) -> list
     return lines
 
 
-def tables(recs: list[dict], table=_md_table) -> list[str]:
+def _with_compile(head: list[str], rows: list[dict], cols) -> tuple[list[str], list[list[str]]]:
+    """head and body; a 'vs compile' column (speed-up over torch.compile(reference)) only where
+    the rows have that baseline (the GPU suite), so CPU reports keep their columns."""
+    if any(r.get("vs_compile") is not None for r in rows):
+        return (head + ["vs compile"],
+                [cols(r) + [_f(r.get("vs_compile"), ".2f", suffix="x")] for r in rows])
+    return head, [cols(r) for r in rows]
+
+
+def _dtypes(rows: list[dict]) -> list[str]:
+    return sorted({r.get("dtype") or "float32" for r in rows}, key=lambda d: d != "float32")
+
+
+def tables(recs: list[dict], table=_md_table, not_run: list[dict] | None = None) -> list[str]:
     out = []
     main = [r for r in recs if r["op"] == "msca" and r["case"] != "sweep"]
     for case in sorted({r["case"] for r in main}):
-        out += ["", f"### MSCA {case} (B=1, N=M1=M2=64, K=16, float32)", ""]
-        out += table(_FULL_HEAD, [_cols_full(r) for r in main if r["case"] == case])
+        for dt in _dtypes([r for r in main if r["case"] == case]):
+            rows = [r for r in main if r["case"] == case and (r.get("dtype") or "float32") == dt]
+            out += ["", f"### MSCA {case} (B=1, N=M1=M2=64, K=16, {dt})", ""]
+            out += table(*_with_compile(_FULL_HEAD, rows, _cols_full))
     sweep = [r for r in recs if r["op"] == "msca" and r["case"] == "sweep"]
     if sweep:
         out += ["", "### MSCA size sweep (square, exemplar = target size)", ""]
-        out += table(["size", "mode", "backend", "median ms", "speed-up", "GB/s", "% copy BW",
-                      "peak MB"],
-                     [[f"{r['size']}x{r['size']}", r["mode"], r.get("target", "?"), _ms(r),
-                       _f(r.get("speedup"), ".2f", suffix="x"), _f(r.get("gbps"), ".1f"),
-                       _f(r.get("frac_copy_bw"), ".0f", 100, "%"),
-                       _f(r.get("peak_bytes"), ".0f", 1 / MB)] for r in sweep])
+        out += table(*_with_compile(
+            ["size", "mode", "backend", "median ms", "speed-up", "GB/s", "% copy BW", "peak MB"],
+            sweep, lambda r: [f"{r['size']}x{r['size']}", r["mode"], r.get("target", "?"),
+                              _ms(r), _f(r.get("speedup"), ".2f", suffix="x"),
+                              _f(r.get("gbps"), ".1f"), _f(r.get("frac_copy_bw"), ".0f", 100, "%"),
+                              _f(r.get("peak_bytes"), ".0f", 1 / MB)]))
     spade = [r for r in recs if r["op"] == "spade"]
-    if spade:
-        out += ["", "### SPADE norm, B=1, C=64, 512x512, float32: fused vs unfused "
+    for dt in _dtypes(spade):
+        rows = [r for r in spade if (r.get("dtype") or "float32") == dt]
+        out += ["", f"### SPADE norm, B=1, C=64, 512x512, {dt}: fused vs unfused "
                     "(reference = F.batch_norm/F.instance_norm, then (1 + gamma) * xn + beta)",
                 ""]
-        out += table(["norm"] + _FULL_HEAD,
-                     [[r.get("norm", "?")] + _cols_full(r) for r in spade])
+        out += table(*_with_compile(["norm"] + _FULL_HEAD, rows,
+                                    lambda r: [r.get("norm", "?")] + _cols_full(r)))
+    out += _dense_table(recs, not_run or [], table)
+    out += _train_step_table(recs, table)
+    out += _targets_table(recs, table)
     return out
+
+
+def _dense_table(recs: list[dict], not_run: list[dict], table) -> list[str]:
+    """Dense HW x HW cross-attention next to MSCA at the same sizes (GPU suite)."""
+    dense = {(r["size"], r["mode"]): r for r in recs if r["op"] == "dense"}
+    oom = {(r["size"], r["mode"]): r for r in not_run if r.get("op") == "dense"}
+    if not dense and not oom:
+        return []
+    msca = [r for r in recs if r["op"] == "msca" and r["case"] == "sweep"
+            and r.get("device") == "cuda" and r.get("backend") not in ("reference", "compile")]
+    kernels = sorted({r["backend"] for r in msca})
+    head = ["size", "mode", "dense ms", "dense peak MB"]
+    for k in kernels:
+        head += [f"MSCA {k} ms", f"MSCA {k} peak MB"]
+    body = []
+    for size, mode in sorted(set(dense) | set(oom), key=lambda sm: (sm[1], sm[0])):
+        d = dense.get((size, mode))
+        if d is not None:
+            row = [f"{size}x{size}", mode, _ms(d), _f(d.get("peak_bytes"), ".0f", 1 / MB)]
+        else:
+            o = oom[(size, mode)]
+            row = [f"{size}x{size}", mode, "out of memory",
+                   f"needs > {o.get('maps_bytes', 0) / MB:.0f} of {o.get('gpu_bytes', 0) / MB:.0f}"]
+        for k in kernels:
+            m = next((r for r in msca if r["backend"] == k and r["size"] == size
+                      and r["mode"] == mode), None)
+            row += ([_ms(m), _f(m.get("peak_bytes"), ".0f", 1 / MB)] if m else ["-", "-"])
+        body.append(row)
+    return (["", "### Dense cross-attention (softmax over all HW exemplar positions per target "
+                 "position, B=1, M=64, N=64, float32) vs MSCA", ""] + table(head, body))
+
+
+def _train_step_table(recs: list[dict], table) -> list[str]:
+    rows = [r for r in recs if r["op"] == "train_step"]
+    if not rows:
+        return []
+    return (["", "### One demo training step (G and D), benchmarks/test_bench_train_step.py", ""]
+            + table(["backend", "clock", "median s", "speed-up", "batch", "crop", "threads"],
+                    [[r.get("target", r.get("backend", "?")), r.get("clock", "?"),
+                      _f(r.get("median"), ".3f"), _f(r.get("speedup"), ".2f", suffix="x"),
+                      str(r.get("batch_size", "-")), str(r.get("crop_size", "-")),
+                      str(r.get("threads", "-"))] for r in rows]))
+
+
+def _targets_table(recs: list[dict], table) -> list[str]:
+    """Issue #3's done-when figures, read off the GPU rows (512x512, B=1, N=M1=M2=64, K=16)."""
+    gpu = [r for r in recs if r.get("device") == "cuda"
+           and r.get("backend") not in ("reference", "compile")]
+    if not gpu:
+        return []
+    body = []
+
+    def get(op, mode, backend, dtype, norm=None):
+        return next((r for r in gpu if r["op"] == op and r["case"] != "sweep"
+                     and r["mode"] == mode and r["backend"] == backend
+                     and (r.get("dtype") or "float32") == dtype and r.get("norm") == norm), None)
+
+    def check(name, value, goal, ok):
+        body.append([name, value, goal, "-" if ok is None else ("yes" if ok else "NO")])
+
+    for backend in sorted({r["backend"] for r in gpu}):
+        for dt in ("float32", "bfloat16"):
+            f, fb = get("msca", "fwd", backend, dt), get("msca", "fwdbwd", backend, dt)
+            tag = f"{backend} {dt}"
+            if f:
+                sp, frac = f.get("speedup"), f.get("frac_copy_bw")
+                check(f"{tag}: MSCA fwd vs eager", _f(sp, ".2f", suffix="x"), ">= 5x",
+                      None if sp is None else sp >= 5)
+                # within 2x of the memory floor: achieved >= half the copy bandwidth
+                check(f"{tag}: MSCA fwd, time / memory floor",
+                      _f(None if not frac else 1 / frac, ".2f", suffix="x"), "<= 2x",
+                      None if not frac else 1 / frac <= 2)
+            if fb:
+                sp, vc, br = fb.get("speedup"), fb.get("vs_compile"), fb.get("beyond_ratio")
+                check(f"{tag}: MSCA fwd+bwd vs eager", _f(sp, ".2f", suffix="x"), ">= 3x",
+                      None if sp is None else sp >= 3)
+                check(f"{tag}: MSCA fwd+bwd vs torch.compile", _f(vc, ".2f", suffix="x"),
+                      ">= 1.5x", None if vc is None else vc >= 1.5)
+                check(f"{tag}: MSCA fwd+bwd peak beyond out/grads vs eager", _f(br, ".3f"),
+                      "<= 0.1", None if br is None else br <= 0.1)
+            for norm in ("batch", "instance"):
+                s_ = get("spade", "fwdbwd", backend, dt, norm)
+                if s_:
+                    sp = s_.get("speedup")
+                    check(f"{tag}: SPADE {norm} fwd+bwd vs unfused", _f(sp, ".2f", suffix="x"),
+                          ">= 2x", None if sp is None else sp >= 2)
+    if not body:
+        return []
+    return (["", "### Issue #3 targets on this GPU", ""]
+            + table(["figure", "measured", "goal", "met"], body))
 
 
 def render(data: dict, json_path: str = "", argv: list[str] | None = None) -> str:
@@ -169,7 +283,7 @@ def render(data: dict, json_path: str = "", argv: list[str] | None = None) -> st
     skipped = [f"{n} ({reason})" for n, (ok, reason) in mb.get("backends", {}).items() if not ok]
     if skipped:
         lines.append("- not benchmarked: " + "; ".join(skipped))
-    lines += tables(recs)
+    lines += tables(recs, not_run=data.get("msca_not_run"))
     lines += ["", "### How to read this", "",
               "- median over the pedantic rounds; speed-up = reference median / median, both "
               "measured in this run on the same device.",

@@ -318,3 +318,24 @@ def test_evaluate_demo_checkpoint_two_pairs(tmp_path):
     assert res["columns"]["gap"]["status"] == "not trained"
     p = full["tasks"]["cross-scene"]["summary"]["PSNR"]["mean"]
     assert 5 < p < 60
+
+
+def test_evaluate_on_a_folder(tmp_path, ckpt):
+    from msca.eval.evaluate import evaluate
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        lab = np.zeros((40, 40), np.uint8)
+        lab[20 + i:] = 5
+        Image.fromarray(lab, "L").save(root / "labels" / f"s{i}.png")
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(
+            root / "images" / f"s{i}.png")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny(init_type="default", name="tiny").to_dict()))
+    res = evaluate(config=str(cfg), out=str(tmp_path / "f.md"), pairs=2, k=2,
+                   checkpoint_dir=os.path.dirname(ckpt["tiny"]), dataroot=str(root),
+                   quiet=True)
+    assert res["tasks"] == ["retrieving", "mirroring", "duplicating"]   # no exact truth here
+    assert res["pairs"] == 2 and res["columns"]["full"]["status"] == "ok"

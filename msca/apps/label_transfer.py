@@ -199,7 +199,8 @@ def transfer_figure(matrix: np.ndarray, names, merges, rows, scale: int = 0) -> 
     H = top + n * cell + 40
     img = Image.new("RGB", (W_mat + 30 + dendro_w + 90, H), "white")
     d = ImageDraw.Draw(img)
-    d.text((2, 2), f"label transfer matrix (MSCA of scale {scale}, 0 finest): share of each target class's "
+    d.text((2, 2), f"label transfer matrix (MSCA of scale {scale}, 0 finest): share of each "
+           "target class's "
            "features (column) coming from each exemplar class (row)", fill="black")
     d.text((2, 16), "blue = 0, red = 1, grey = target class absent; right: average-linkage "
            "clustering of the rows (diagonal -> 2nd largest)", fill="black")

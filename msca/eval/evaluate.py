@@ -392,7 +392,8 @@ def _psnr_detail(res: dict) -> str:
     lines = [f"{task} PSNR per column: mean, standard error, and the full model's paired "
              f"difference (full minus column, same {n} pairs) with its standard error and the "
              f"number of pairs the full model wins:", "",
-             "| column | PSNR | sem | full - column | sem | full wins |", "|---|---|---|---|---|---|"]
+             "| column | PSNR | sem | full - column | sem | full wins |",
+             "|---|---|---|---|---|---|"]
     for key, c in cols.items():
         if c["status"] != "ok":
             lines.append(f"| {c['title']} | not trained | | | | |")

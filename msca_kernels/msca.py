@@ -73,6 +73,9 @@ if _ext.loaded():
                                     setup_context=_setup_context)
 
 
+CUDA_MAX_K = 64  # msca_cuda::kMaxK in csrc/cuda/msca_cuda.h
+
+
 def _validate(fx2, fc2, fc1, phi_weight, psi_weight, mask, phi_bias, psi_bias, spatial_bias,
               channel_bias, return_attention):
     _checks.tensor("fx2", fx2, 4)
@@ -126,6 +129,10 @@ def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=No
     phi2, psi2, K = _validate(fx2, fc2, fc1, phi_weight, psi_weight, mask, phi_bias, psi_bias,
                               spatial_bias, channel_bias, return_attention)
     name = backends.resolve(backend, fx2.device, fx2.dtype)
+    if name == "cuda" and K > CUDA_MAX_K:
+        # the CUDA kernels keep a K-vector per thread block in registers/shared memory
+        raise ValueError(f"phi_weight: backend 'cuda' supports at most {CUDA_MAX_K} attention maps, "
+                         f"got K = {K} (use backend='triton' or 'reference')")
     dt = fx2.dtype
     cast = (lambda t: None if t is None else t.to(dt))
     args = (phi2.to(dt), psi2.to(dt), cast(mask), cast(phi_bias), cast(psi_bias))

@@ -71,6 +71,12 @@ def test_msca_cuda_masked_rows_across_tiles():
         assert not torch.isnan(gr).any(), name
 
 
+def test_msca_cuda_more_than_64_maps_is_a_value_error():
+    inputs = make_inputs((1, 4, 2, 3, 65, 5, 6, 4, 4), torch.float32, DEV)
+    with pytest.raises(ValueError, match="phi_weight.*at most 64"):
+        mk.msca_attention(backend="cuda", **inputs)
+
+
 @pytest.mark.parametrize("mode", ["batch", "instance"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 5, 130, 131), (2, 4, 128, 160)], ids=str)

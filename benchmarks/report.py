@@ -289,11 +289,12 @@ def render(data: dict, json_path: str = "", argv: list[str] | None = None) -> st
               "measured in this run on the same device.",
               "- GB/s = the op's minimum traffic / median. MSCA (DESIGN.md sec. 2): forward reads "
               "fx2, fc2, fc1 and writes out; backward reads fx2, fc2, fc1, dO and writes dfx2, "
-              "dfc2, dfc1 (268 MB and 470 MB at 512x512). SPADE, in x-sized tensors: forward 5 "
-              "(statistics pass reads x; apply pass reads x, gamma, beta, writes out), backward 8 "
-              "(reduction pass reads dy, gamma, x; elementwise pass reads dy, gamma, x, writes "
-              "dx, dgamma; dbeta = dy). The same counts are used for the reference, so its GB/s "
-              "is an effective figure, not the traffic it really generates.",
+              "dfc2, dfc1 (268 MB and 470 MB at 512x512). SPADE, in x-sized tensors, each input "
+              "read once and each output written once: forward 4 (x, gamma, beta; out), "
+              "backward 5 (dy, gamma, x; dx, dgamma; dbeta = dy adds nothing). The fused "
+              "kernels pass over x twice, but a channel group is still in cache for the second "
+              "pass. The same counts are used for the reference, so its GB/s is an effective "
+              "figure, not the traffic it really generates.",
               "- peak MB: rise of the peak over the start of one call after warm-up, inputs "
               "already resident (CPU: VmHWM reset through /proc/self/clear_refs, free glibc "
               "memory trimmed first; CUDA: max_memory_allocated). 'beyond out/grads' subtracts "

@@ -1,8 +1,10 @@
-"""Small helpers shared by the generator and the discriminator."""
+"""Small helpers shared by the generators and the discriminator."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+import msca_kernels as mk
 from torch.nn.utils.parametrizations import spectral_norm
 
 INIT_TYPES = ("xavier", "xavier_uniform", "kaiming", "orthogonal", "normal", "default")
@@ -53,3 +55,30 @@ def init_weights(module: nn.Module, init_type: str = "xavier", gain: float = 0.0
 
 def add_spectral_norm(conv: nn.Module) -> nn.Module:
     return spectral_norm(conv)
+
+
+class KernelBackendMixin:
+    """For generators holding a frozen VGG outside their parameters and msca_kernels layers.
+
+    `.to()`/`.cuda()`/`.double()` also move `self.vgg` (kept out of the module tree so that it
+    is neither saved nor trained), and `set_backend` switches every MSCA and SPADE layer.
+    """
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.vgg._apply(fn, recurse)
+        return self
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def set_backend(self, backend: str) -> None:
+        """Switch every MSCA and SPADE layer of a live model to `backend`."""
+        if backend != "auto" and backend not in mk.available_backends():
+            raise ValueError(f"backend: expected 'auto' or one of "
+                             f"{tuple(mk.available_backends())}, got {backend!r}")
+        for m in self.modules():
+            if isinstance(m, (mk.nn.MSCA, mk.nn.SPADE)):
+                m.backend = backend
+        self._backend = backend

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import msca_kernels as mk
 
 from .alignment import ALIGNMENTS, GAPAlignment, LabelMatchingAlignment
-from .common import add_spectral_norm, init_weights
+from .common import KernelBackendMixin, add_spectral_norm, init_weights
 from .encoders import FeatureCompression, LabelEncoder, check_labels, scale_sizes
 from .vgg import SCALE_CHANNELS, SCALE_LAYERS, VGG19, build_vgg19
 
@@ -81,7 +81,7 @@ def _per_scale(name: str, values, n: int = NUM_SCALES) -> tuple:
     return values
 
 
-class MSCAGenerator(nn.Module):
+class MSCAGenerator(KernelBackendMixin, nn.Module):
     """G(c1, x2, c2) of the paper. See the module docstring for the data flow.
 
     The frozen VGG-19 is held outside the module tree: it is not among `parameters()` nor in
@@ -153,26 +153,6 @@ class MSCAGenerator(nn.Module):
         if spectral_norm:  # after init, so spectral norm wraps the initialised weights
             for b in self.blocks:
                 b.add_spectral_norm()
-
-    # ----------------------------------------------------------------- plumbing
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.vgg._apply(fn, recurse)
-        return self
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    def set_backend(self, backend: str) -> None:
-        """Switch every MSCA and SPADE layer of a live model to `backend`."""
-        if backend != "auto" and backend not in mk.available_backends():
-            raise ValueError(f"backend: expected 'auto' or one of "
-                             f"{tuple(mk.available_backends())}, got {backend!r}")
-        for m in self.modules():
-            if isinstance(m, (mk.nn.MSCA, mk.nn.SPADE)):
-                m.backend = backend
-        self._backend = backend
 
     def _check_inputs(self, label, exemplar, exemplar_label) -> None:
         check_labels("label", label, self.num_classes, self.ignore_label)

@@ -31,9 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import msca_kernels as mk
-
-from .common import init_weights
+from .common import KernelBackendMixin, init_weights
 from .discriminator import one_hot
 from .encoders import check_labels, scale_sizes
 from .generator import NUM_SCALES, SPADEResBlock, _check_vgg_fingerprint, _per_scale
@@ -70,7 +68,7 @@ class StyleEncoder(nn.Module):
         return self.fc_mu(h), self.fc_var(h)
 
 
-class StyleCodeGenerator(nn.Module):
+class StyleCodeGenerator(KernelBackendMixin, nn.Module):
     """G(c1, x2, c2) of the global-style-code baseline (see the module docstring).
 
     After each forward, `last_kld` holds the KL term of that call (a scalar tensor, with graph
@@ -114,24 +112,6 @@ class StyleCodeGenerator(nn.Module):
         if spectral_norm:
             for b in self.blocks:
                 b.add_spectral_norm()
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.vgg._apply(fn, recurse)
-        return self
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    def set_backend(self, backend: str) -> None:
-        if backend != "auto" and backend not in mk.available_backends():
-            raise ValueError(f"backend: expected 'auto' or one of "
-                             f"{tuple(mk.available_backends())}, got {backend!r}")
-        for m in self.modules():
-            if isinstance(m, mk.nn.SPADE):
-                m.backend = backend
-        self._backend = backend
 
     def _check_inputs(self, label, exemplar, exemplar_label) -> None:
         check_labels("label", label, self.num_classes, self.ignore_label)

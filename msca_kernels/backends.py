@@ -66,8 +66,8 @@ def available_backends() -> dict[str, BackendStatus]:
 def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """Turns 'auto' into a concrete backend for tensors on `device`; checks an explicit name.
 
-    auto: CUDA tensors -> triton (not for float64), else cuda, else reference; CPU tensors -> cpu (float32 and
-    float64 only), else reference.
+    auto: CUDA tensors -> triton (not for float64), else cuda, else reference; CPU tensors ->
+    cpu (float32 and float64 only), else reference.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
@@ -79,7 +79,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
                 if backend_status(name):
                     return name
             return "reference"
-        if device.type == "cpu" and dtype in (torch.float32, torch.float64) and backend_status("cpu"):
+        if (device.type == "cpu" and dtype in (torch.float32, torch.float64)
+                and backend_status("cpu")):
             return "cpu"
         return "reference"
     status = backend_status(backend)  # raises ValueError for unknown names
@@ -97,7 +98,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
             raise ValueError(f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), "
                              f"got tensors on {device}")
         if dtype not in _TRITON_DTYPES[device.type == "cuda"]:
-            raise TypeError(f"backend: 'triton' supports {_TRITON_DTYPE_NAMES[device.type == 'cuda']}"
+            names = _TRITON_DTYPE_NAMES[device.type == "cuda"]
+            raise TypeError(f"backend: 'triton' supports {names}"
                             f" inputs on {device.type} tensors, got {dtype}")
     return backend
 

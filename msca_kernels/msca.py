@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _ext, backends, reference
+from . import _autograd, _checks, _ext, backends, reference
 
 
 def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,37 +40,7 @@ if _ext.loaded():
                 torch.empty_like(psi_weight), torch.empty_like(psi_bias), torch.empty_like(mask),
                 dsb, dcb)
 
-    def _setup_context(ctx, inputs, output):
-        (fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, spatial_bias,
-         channel_bias) = inputs
-        _, V, lse = output
-        ctx.has_spatial_bias = spatial_bias is not None
-        ctx.has_channel_bias = channel_bias is not None
-        saved = [fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse]
-        if ctx.has_spatial_bias:
-            saved.append(spatial_bias)
-        if ctx.has_channel_bias:
-            saved.append(channel_bias)
-        ctx.save_for_backward(*saved)
-
-    def _backward(ctx, grad_out, _grad_V, _grad_lse):
-        saved = list(ctx.saved_tensors)
-        (fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse) = saved[:10]
-        rest = saved[10:]
-        spatial_bias = rest.pop(0) if ctx.has_spatial_bias else None
-        channel_bias = rest.pop(0) if ctx.has_channel_bias else None
-        need = ctx.needs_input_grad
-        grads = torch.ops.msca_kernels.msca_bwd(
-            grad_out.contiguous(), fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias,
-            mask, spatial_bias, channel_bias, V, lse, bool(ctx.has_spatial_bias and need[8]),
-            bool(ctx.has_channel_bias and need[9]))
-        dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask, dsb, dcb = grads
-        return (dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask,
-                dsb if ctx.has_spatial_bias and need[8] else None,
-                dcb if ctx.has_channel_bias and need[9] else None)
-
-    torch.library.register_autograd("msca_kernels::msca_fwd", _backward,
-                                    setup_context=_setup_context)
+    _autograd.register("msca_kernels::msca_fwd", _autograd.msca_autograd("msca_bwd"))
 
 
 CUDA_MAX_K = 64  # msca_cuda::kMaxK in csrc/cuda/msca_cuda.h
@@ -99,7 +69,8 @@ def _validate(fx2, fc2, fc1, phi_weight, psi_weight, mask, phi_bias, psi_bias, s
         raise ValueError("phi_weight: expected at least one attention map (K >= 1), got K = 0")
     psi2 = _checks.weight_2d("psi_weight", psi_weight, K, M1)
     for name, t, shp in (("mask", mask, (B, K)), ("phi_bias", phi_bias, (K,)),
-                         ("psi_bias", psi_bias, (K,)), ("spatial_bias", spatial_bias, (B, K, H2, W2)),
+                         ("psi_bias", psi_bias, (K,)),
+                         ("spatial_bias", spatial_bias, (B, K, H2, W2)),
                          ("channel_bias", channel_bias, (B, K, H1, W1))):
         _checks.tensor(name, t, optional=True)
         _checks.shape(name, t, shp)
@@ -131,8 +102,8 @@ def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=No
     name = backends.resolve(backend, fx2.device, fx2.dtype)
     if name == "cuda" and K > CUDA_MAX_K:
         # the CUDA kernels keep a K-vector per thread block in registers/shared memory
-        raise ValueError(f"phi_weight: backend 'cuda' supports at most {CUDA_MAX_K} attention maps, "
-                         f"got K = {K} (use backend='triton' or 'reference')")
+        raise ValueError(f"phi_weight: backend 'cuda' supports at most {CUDA_MAX_K} attention "
+                         f"maps, got K = {K} (use backend='triton' or 'reference')")
     dt = fx2.dtype
     cast = (lambda t: None if t is None else t.to(dt))
     args = (phi2.to(dt), psi2.to(dt), cast(mask), cast(phi_bias), cast(psi_bias))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _ext, backends, reference
+from . import _autograd, _checks, _ext, backends, reference
 
 MODES = ("batch", "instance")
 
@@ -31,21 +31,7 @@ if _ext.loaded():
     def _spade_bwd_fake(grad_out, x, gamma, mean, rstd, instance, batch_stats):
         return torch.empty_like(x), torch.empty_like(gamma)
 
-    def _setup_context(ctx, inputs, output):
-        x, gamma, _beta, mean_in, _rstd_in, instance, _eps = inputs
-        _, mean, rstd = output
-        ctx.instance = instance
-        ctx.batch_stats = mean_in is None
-        ctx.save_for_backward(x, gamma, mean, rstd)
-
-    def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
-        x, gamma, mean, rstd = ctx.saved_tensors
-        dx, dgamma = torch.ops.msca_kernels.spade_norm_bwd(
-            grad_out.contiguous(), x, gamma, mean, rstd, ctx.instance, ctx.batch_stats)
-        return dx, dgamma, grad_out, None, None, None, None
-
-    torch.library.register_autograd("msca_kernels::spade_norm_fwd", _backward,
-                                    setup_context=_setup_context)
+    _autograd.register("msca_kernels::spade_norm_fwd", _autograd.spade_autograd("spade_norm_bwd"))
 
 
 def _validate(x, gamma, beta, mode, eps, running_mean, running_var, momentum, training):

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from . import _common
+from .. import _autograd
 from ._common import block
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +244,8 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
                               N, M2, K, P2, S,
                               s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
                               HAS_SB: tl.constexpr, NEED_DSB: tl.constexpr,
-                              DALPHA_F64: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                              DALPHA_F64: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_M: tl.constexpr,
                               BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
                               DOT_PREC: tl.constexpr):
     b = tl.program_id(0)
@@ -399,7 +401,10 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
                     psi_weight: torch.Tensor, psi_bias: torch.Tensor, mask: torch.Tensor,
                     spatial_bias: Optional[torch.Tensor], channel_bias: Optional[torch.Tensor],
                     V: torch.Tensor, lse: torch.Tensor, need_spatial_bias_grad: bool,
-                    need_channel_bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    need_channel_bias_grad: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
     """Gradients (dfx2, dfc2, dfc1, dphi, dphi_bias, dpsi, dpsi_bias, dmask, dspatial_bias,
     dchannel_bias) in the input dtype; a bias gradient not asked for is an empty tensor.
     grad_out (B,N,P1) contiguous."""
@@ -469,40 +474,11 @@ class MSCAFunction:
     differentiable: torch.compile and opcheck see one custom op with its backward. Forward saves
     the inputs, V and lse; backward recomputes alpha and beta from them."""
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        (fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, spatial_bias,
-         channel_bias) = inputs
-        _, V, lse = output
-        ctx.has_spatial_bias = spatial_bias is not None
-        ctx.has_channel_bias = channel_bias is not None
-        saved = [fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse]
-        if ctx.has_spatial_bias:
-            saved.append(spatial_bias)
-        if ctx.has_channel_bias:
-            saved.append(channel_bias)
-        ctx.save_for_backward(*saved)
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_V, _grad_lse):
-        saved = list(ctx.saved_tensors)
-        fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, V, lse = saved[:10]
-        rest = saved[10:]
-        spatial_bias = rest.pop(0) if ctx.has_spatial_bias else None
-        channel_bias = rest.pop(0) if ctx.has_channel_bias else None
-        need = ctx.needs_input_grad
-        need_sb = bool(ctx.has_spatial_bias and need[8])
-        need_cb = bool(ctx.has_channel_bias and need[9])
-        grads = torch.ops.msca_kernels.triton_msca_bwd(
-            grad_out.contiguous(), fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias,
-            mask, spatial_bias, channel_bias, V, lse, need_sb, need_cb)
-        dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask, dsb, dcb = grads
-        return (dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask,
-                dsb if need_sb else None, dcb if need_cb else None)
+    backward, setup_context = (staticmethod(f) for f in _autograd.msca_autograd("triton_msca_bwd"))
 
 
-torch.library.register_autograd("msca_kernels::triton_msca_fwd", MSCAFunction.backward,
-                                setup_context=MSCAFunction.setup_context)
+_autograd.register("msca_kernels::triton_msca_fwd",
+                   (MSCAFunction.backward, MSCAFunction.setup_context))
 
 
 # ---------------------------------------------------------------------------------------------

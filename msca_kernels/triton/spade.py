@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import _common
+from .. import _autograd
 
 
 @triton.jit
@@ -250,23 +251,8 @@ def triton_spade_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.
     return dx, dgamma
 
 
-def _setup_context(ctx, inputs, output):
-    x, gamma, _beta, mean_in, _rstd_in, instance, _eps = inputs
-    _, mean, rstd = output
-    ctx.instance = instance
-    ctx.batch_stats = mean_in is None
-    ctx.save_for_backward(x, gamma, mean, rstd)
-
-
-def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    x, gamma, mean, rstd = ctx.saved_tensors
-    dx, dgamma = torch.ops.msca_kernels.triton_spade_norm_bwd(
-        grad_out.contiguous(), x, gamma, mean, rstd, ctx.instance, ctx.batch_stats)
-    return dx, dgamma, grad_out, None, None, None, None
-
-
-torch.library.register_autograd("msca_kernels::triton_spade_norm_fwd", _backward,
-                                setup_context=_setup_context)
+_autograd.register("msca_kernels::triton_spade_norm_fwd",
+                   _autograd.spade_autograd("triton_spade_norm_bwd"))
 
 
 def spade_norm_forward(x, gamma, beta, mean_in, rstd_in, instance, eps):

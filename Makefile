@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cpp)
 
-.PHONY: all venv build test test-slow bench bench-gpu demo cuda-check clean
+.PHONY: all venv build test test-slow bench bench-gpu demo cuda-check triton-check clean
 
 all: build
 
@@ -29,6 +29,8 @@ build: $(VENV)/.built
 
 test: build
 	@if command -v nvcc >/dev/null 2>&1 && [ -d csrc/cuda ]; then $(MAKE) cuda-check; fi
+	@echo 'triton-check --quick (log: $(VENV)/triton-check.log)'
+	@env -u TRITON_INTERPRET TRITON_DEFAULT_FP_FUSION=1 $(PY) -m msca_kernels.triton.aot_check --quick --dtypes float32,bfloat16 > $(VENV)/triton-check.log 2>&1 && tail -n 1 $(VENV)/triton-check.log || (cat $(VENV)/triton-check.log; exit 1)
 	$(PY) -m pytest -q tests
 
 test-slow: build
@@ -51,6 +53,11 @@ demo: build
 
 cuda-check:
 	bash csrc/cuda/check.sh
+
+# Compiles every Triton kernel, every autotuning configuration, float32/float16/bfloat16, for
+# sm_80 and sm_90 with triton's compiler and ptxas: no GPU needed (make test runs --quick).
+triton-check: build
+	env -u TRITON_INTERPRET TRITON_DEFAULT_FP_FUSION=1 $(PY) -m msca_kernels.triton.aot_check
 
 clean:
 	rm -rf build *.egg-info msca_kernels/_C*.so $(VENV)/.built

@@ -1,0 +1,191 @@
+"""`make triton-check`: compiles every Triton kernel for real GPUs on a machine without one.
+
+The interpreter (TRITON_INTERPRET=1) runs the kernels' logic on CPU tensors but skips the GPU
+compiler, so it cannot see what only a GPU build finds: a `tl.dot` shape or dtype the target
+rejects, shared memory beyond the SM's, register spills. This script runs the host functions of
+both ops on CPU tensors with the launch replaced by a recorder (so it gets each launch's exact
+argument types and meta-parameters, as the GPU path would pass them), then compiles every
+recorded kernel, for every autotuning configuration, to a cubin for sm_80 and sm_90 with
+triton's own compiler, and runs `ptxas -v` on the PTX for registers and spills.
+
+    python -m msca_kernels.triton.aot_check [--archs 80,90] [--dtypes float32,float16,bfloat16]
+    python -m msca_kernels.triton.aot_check --quick    # make test: first configuration only
+
+Fails (exit 1) when a kernel does not compile for an architecture, or (full mode) when none of
+a kernel's configurations fits: no spills and shared memory within the SM's limit.
+Configurations that do not fit are reported as "skip" (the autotuner drops those that cannot
+launch and times the rest). --quick compiles only each kernel's first configuration and fails
+on compile errors alone. Needs no GPU and no CUDA
+toolkit: triton's own compiler and ptxas.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET") == "1":  # must be decided before triton is imported
+    sys.exit("triton-check: unset TRITON_INTERPRET; this compiles for the GPU")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from . import _common  # noqa: E402
+
+# Shared memory per block that a kernel may use (opt-in maximum), bytes.
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+          torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
+
+_recorded: list[tuple] = []
+
+
+def _record(kernel, grid, *args, **meta) -> None:
+    _recorded.append((kernel, args, meta))
+
+
+def _launches(dtype: torch.dtype) -> list[tuple[str, tuple, tuple, dict]]:
+    """(case, kernel, args, meta) of every launch of both ops' forward and backward."""
+    from . import msca as tm
+    from . import spade as ts
+
+    _recorded.clear()
+    _common.launch = _record
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    cases = []
+    # MSCA at the benchmark's widths (N = M1 = M2 = 64, K = 16) and at odd ones, with biases
+    for (N, M1, M2, K), biases in (((64, 64, 64, 16), False), ((17, 11, 9, 5), True)):
+        B, P2, P1 = 2, 300, 257
+        fx2, fc2, fc1 = r(B, N, P2), r(B, M2, P2), r(B, M1, P1)
+        phi, psi = r(K, N + M2), r(K, M1)
+        pb, qb, mask = r(K), r(K), r(B, K)
+        sb, cb = (r(B, K, P2), r(B, K, P1)) if biases else (None, None)
+        n0 = len(_recorded)
+        out, V, lse = tm.triton_msca_fwd(fx2, fc2, fc1, phi, pb, psi, qb, mask, sb, cb)
+        tm.triton_msca_bwd(out, fx2, fc2, fc1, phi, pb, psi, qb, mask, sb, cb, V, lse,
+                           biases, biases)
+        cases += [f"msca N={N} M1={M1} M2={M2} K={K}{' +biases' if biases else ''}"] * (
+            len(_recorded) - n0)
+    for instance in (False, True):
+        x, gamma, beta = r(2, 5, 5000), r(2, 5, 5000), r(2, 5, 5000)
+        n0 = len(_recorded)
+        out, mean, rstd = ts.triton_spade_norm_fwd(x, gamma, beta, None, None, instance, 1e-5)
+        ts.triton_spade_norm_bwd(out, x, gamma, mean, rstd, instance, True)
+        cases += [f"spade {'instance' if instance else 'batch'}"] * (len(_recorded) - n0)
+    return [(c, *rec) for c, rec in zip(cases, _recorded)]
+
+
+def _signature(fn, args: tuple, meta: dict) -> tuple[dict, dict]:
+    sig, consts = {}, {}
+    positional = iter(args)
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+            consts[p.name] = meta[p.name] if p.name in meta else next(positional)
+            continue
+        v = next(positional)
+        if isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TYPES[v.dtype]
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            sig[p.name] = "i32" if -2**31 <= v < 2**31 else "i64"
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: argument {p.name} of type {type(v).__name__}")
+    return sig, consts
+
+
+def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) of the PTX's kernel from ptxas -v."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(arch).path  # the ptxas triton itself uses for this architecture
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as fh:
+            fh.write(ptx)
+        res = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}",
+                              "-v", "-o", os.devnull, path], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip())
+    regs = [int(m) for m in re.findall(r"Used (\d+) registers", res.stderr)]
+    spills = [int(a) + int(b) for a, b in
+              re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)]
+    return max(regs, default=0), max(spills, default=0)
+
+
+def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> int:
+    failures = 0
+    seen = set()
+    for dtype in dtypes:
+        for case, kernel, args, meta in _launches(dtype):
+            tuner = kernel if isinstance(kernel, triton.runtime.Autotuner) else None
+            fn = tuner.fn if tuner else kernel
+            configs = (tuner.configs[:1] if quick else tuner.configs) if tuner else [None]
+            for arch in archs:
+                fits = []
+                lines = []
+                for cfg in configs:
+                    full = dict(meta)
+                    warps, stages = full.pop("num_warps", 4), full.pop("num_stages", 2)
+                    if cfg is not None:
+                        full.update(cfg.kwargs)
+                        warps, stages = cfg.num_warps, cfg.num_stages
+                    sig, consts = _signature(fn, args, full)
+                    key = (fn.__name__, arch, tuple(sorted(sig.items())),
+                           tuple(sorted(consts.items())), warps, stages)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    label = (f"{fn.__name__} [{case}, {dtype}] sm_{arch} "
+                             + " ".join(f"{k}={v}" for k, v in consts.items()
+                                        if k.startswith("BLOCK"))
+                             + f" warps={warps} stages={stages}")
+                    try:
+                        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+                        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                            options={"num_warps": warps, "num_stages": stages})
+                        regs, spill = _ptxas(ck.asm["ptx"], arch)
+                    except Exception as exc:  # noqa: BLE001 - report every compiler error
+                        lines.append(f"  FAIL {label}: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                        failures += 1
+                        continue
+                    smem = ck.metadata.shared
+                    ok = spill == 0 and smem <= SMEM_LIMIT.get(arch, 99 * 1024)
+                    fits.append(ok)
+                    lines.append(f"  {'ok  ' if ok else 'skip'} {label}: {regs} registers, "
+                                 f"{spill} B spilled, {smem} B shared")
+                if not lines:
+                    continue
+                print("\n".join(lines))
+                if fits and not any(fits) and not quick:
+                    print(f"  FAIL {fn.__name__} [{case}, {dtype}] sm_{arch}: no configuration "
+                          f"without spills within shared memory")
+                    failures += 1
+    return failures
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", default="80,90", help="compute capabilities (default 80,90)")
+    ap.add_argument("--dtypes", default="float32,float16,bfloat16")
+    ap.add_argument("--quick", action="store_true",
+                    help="only each kernel's first (smallest) configuration")
+    a = ap.parse_args(argv)
+    archs = [int(x) for x in a.archs.split(",")]
+    dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
+    failures = check(archs, dtypes, a.quick)
+    print(f"triton-check: {'FAILED, ' + str(failures) + ' problem(s)' if failures else 'ok'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

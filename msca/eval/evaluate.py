@@ -407,4 +407,24 @@ def _psnr_detail(res: dict) -> str:
         lines.append(f"| {c['title']} | {float(v.mean()):.2f} | {sem:.2f} | "
                      f"{float(d.mean()):+.2f} | {float(d.std() / math.sqrt(n)):.2f} | "
                      f"{int((d > 0).sum())}/{n} |")
+    lines += ["", _ranking(res, task)]
     return "\n".join(lines)
+
+
+def _ranking(res: dict, task: str) -> str:
+    """The learned columns trained for as many steps as the full model, by mean PSNR on the
+    headline task: the comparison Table 1 is about (a column trained longer or shorter is not
+    a fair competitor, and says so by its absence here)."""
+    cols = res["columns"]
+    steps = cols["full"].get("step")
+    ranked = sorted(((c["tasks"][task]["summary"]["PSNR"]["mean"], c["title"])
+                     for k, c in cols.items()
+                     if c["status"] == "ok" and k != "meancolour" and c.get("step") == steps),
+                    reverse=True)
+    others = [c["title"] for k, c in cols.items()
+              if c["status"] == "ok" and k != "meancolour" and c.get("step") != steps]
+    text = (f"Ranking on {task} PSNR of the learned columns trained for {steps} steps: "
+            + " > ".join(f"{t} ({v:.2f})" for v, t in ranked) + ".")
+    if others:
+        text += " Not ranked (other step counts): " + ", ".join(others) + "."
+    return text

@@ -51,6 +51,35 @@ def check_labels(name: str, labels: torch.Tensor, num_classes: int,
                          f"[{int(valid.min())}, {int(valid.max())}]")
 
 
+def check_generator_inputs(label: torch.Tensor, exemplar: torch.Tensor,
+                           exemplar_label: torch.Tensor, num_classes: int,
+                           ignore_label: int | None, smallest: int) -> None:
+    """The input checks both generators share: label maps, an image batch (B,3,H,W) with its
+    label map, one batch size and one device, sides of at least `smallest` pixels."""
+    check_labels("label", label, num_classes, ignore_label)
+    check_labels("exemplar_label", exemplar_label, num_classes, ignore_label)
+    if not isinstance(exemplar, torch.Tensor):
+        raise TypeError(f"exemplar: expected a torch.Tensor, got {type(exemplar).__name__}")
+    if exemplar.dim() != 4 or exemplar.shape[1] != 3:
+        raise ValueError(f"exemplar: expected images (B,3,H,W), got {tuple(exemplar.shape)}")
+    if not exemplar.is_floating_point():
+        raise TypeError(f"exemplar: expected a floating tensor in [-1,1], got {exemplar.dtype}")
+    if exemplar_label.shape != (exemplar.shape[0], *exemplar.shape[2:]):
+        raise ValueError(f"exemplar_label: expected shape {(exemplar.shape[0],)} + "
+                         f"{tuple(exemplar.shape[2:])} (the exemplar's), "
+                         f"got {tuple(exemplar_label.shape)}")
+    if label.shape[0] != exemplar.shape[0]:
+        raise ValueError(f"label: expected batch size {exemplar.shape[0]} like exemplar, "
+                         f"got {label.shape[0]}")
+    for name, hw in (("label", label.shape[-2:]), ("exemplar", exemplar.shape[-2:])):
+        if min(hw) < smallest:
+            raise ValueError(f"{name}: expected height and width >= {smallest} (five "
+                             f"scales, 1/16 at the coarsest), got {tuple(hw)}")
+    if label.device != exemplar.device or exemplar_label.device != exemplar.device:
+        raise ValueError("label, exemplar, exemplar_label: expected one device, got "
+                         f"{label.device}, {exemplar.device}, {exemplar_label.device}")
+
+
 def label_indices(labels: torch.Tensor, num_classes: int,
                   ignore_label: int | None) -> torch.Tensor:
     """int64 class indices with the ignore label mapped to `num_classes` (a zero row)."""

@@ -22,7 +22,8 @@ import msca_kernels as mk
 
 from .alignment import ALIGNMENTS, GAPAlignment, LabelMatchingAlignment
 from .common import KernelBackendMixin, add_spectral_norm, init_weights
-from .encoders import FeatureCompression, LabelEncoder, check_labels, scale_sizes
+from .encoders import (FeatureCompression, LabelEncoder, check_generator_inputs,
+                       scale_sizes)
 from .vgg import SCALE_CHANNELS, SCALE_LAYERS, VGG19, build_vgg19
 
 NUM_SCALES = 5  # L = 4 in the paper: scales 0..4, VGG relu1_2 .. relu5_4
@@ -155,30 +156,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
                 b.add_spectral_norm()
 
     def _check_inputs(self, label, exemplar, exemplar_label) -> None:
-        check_labels("label", label, self.num_classes, self.ignore_label)
-        check_labels("exemplar_label", exemplar_label, self.num_classes, self.ignore_label)
-        if not isinstance(exemplar, torch.Tensor):
-            raise TypeError(f"exemplar: expected a torch.Tensor, got {type(exemplar).__name__}")
-        if exemplar.dim() != 4 or exemplar.shape[1] != 3:
-            raise ValueError(f"exemplar: expected images (B,3,H,W), got {tuple(exemplar.shape)}")
-        if not exemplar.is_floating_point():
-            raise TypeError(f"exemplar: expected a floating tensor in [-1,1], "
-                            f"got {exemplar.dtype}")
-        if exemplar_label.shape != (exemplar.shape[0], *exemplar.shape[2:]):
-            raise ValueError(f"exemplar_label: expected shape {(exemplar.shape[0],)} + "
-                             f"{tuple(exemplar.shape[2:])} (the exemplar's), "
-                             f"got {tuple(exemplar_label.shape)}")
-        if label.shape[0] != exemplar.shape[0]:
-            raise ValueError(f"label: expected batch size {exemplar.shape[0]} like exemplar, "
-                             f"got {label.shape[0]}")
-        smallest = 2 ** (NUM_SCALES - 1)
-        for name, hw in (("label", label.shape[-2:]), ("exemplar", exemplar.shape[-2:])):
-            if min(hw) < smallest:
-                raise ValueError(f"{name}: expected height and width >= {smallest} (five "
-                                 f"scales, 1/16 at the coarsest), got {tuple(hw)}")
-        if label.device != exemplar.device or exemplar_label.device != exemplar.device:
-            raise ValueError("label, exemplar, exemplar_label: expected one device, got "
-                             f"{label.device}, {exemplar.device}, {exemplar_label.device}")
+        check_generator_inputs(label, exemplar, exemplar_label, self.num_classes,
+                               self.ignore_label, 2 ** (NUM_SCALES - 1))
 
     # ----------------------------------------------------------------- stages
     def vgg_features(self, image: torch.Tensor) -> list[torch.Tensor]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .common import KernelBackendMixin, init_weights
 from .discriminator import one_hot
-from .encoders import check_labels, scale_sizes
+from .encoders import check_generator_inputs, scale_sizes
 from .generator import NUM_SCALES, SPADEResBlock, _check_vgg_fingerprint, _per_scale
 from .vgg import VGG19, build_vgg19
 
@@ -114,22 +114,8 @@ class StyleCodeGenerator(KernelBackendMixin, nn.Module):
                 b.add_spectral_norm()
 
     def _check_inputs(self, label, exemplar, exemplar_label) -> None:
-        check_labels("label", label, self.num_classes, self.ignore_label)
-        check_labels("exemplar_label", exemplar_label, self.num_classes, self.ignore_label)
-        if not isinstance(exemplar, torch.Tensor):
-            raise TypeError(f"exemplar: expected a torch.Tensor, got {type(exemplar).__name__}")
-        if exemplar.dim() != 4 or exemplar.shape[1] != 3:
-            raise ValueError(f"exemplar: expected images (B,3,H,W), got {tuple(exemplar.shape)}")
-        if not exemplar.is_floating_point():
-            raise TypeError(f"exemplar: expected a floating tensor in [-1,1], "
-                            f"got {exemplar.dtype}")
-        if label.shape[0] != exemplar.shape[0]:
-            raise ValueError(f"label: expected batch size {exemplar.shape[0]} like exemplar, "
-                             f"got {label.shape[0]}")
-        smallest = 2 ** (NUM_SCALES - 1)
-        if min(label.shape[-2:]) < smallest:
-            raise ValueError(f"label: expected height and width >= {smallest}, "
-                             f"got {tuple(label.shape[-2:])}")
+        check_generator_inputs(label, exemplar, exemplar_label, self.num_classes,
+                               self.ignore_label, 2 ** (NUM_SCALES - 1))
 
     def encode(self, exemplar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar), each (B, z_dim)."""

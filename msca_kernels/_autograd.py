@@ -13,6 +13,18 @@ from __future__ import annotations
 import torch
 
 
+def msca_defaults(fx2, K, mask, phi_bias, psi_bias):
+    """(mask, phi_bias, psi_bias) with None replaced by what the op schemas take: a mask of
+    ones (B,K) and zero biases (K), in fx2's dtype and device."""
+    if mask is None:
+        mask = fx2.new_ones((fx2.shape[0], K))
+    if phi_bias is None:
+        phi_bias = fx2.new_zeros((K,))
+    if psi_bias is None:
+        psi_bias = fx2.new_zeros((K,))
+    return mask, phi_bias, psi_bias
+
+
 def _msca_setup_context(ctx, inputs, output):
     (fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask, spatial_bias,
      channel_bias) = inputs

@@ -128,12 +128,7 @@ def _msca_cpp(fx2, fc2, fc1, phi, psi, mask, phi_bias, psi_bias, spatial_bias, c
     B, N = fx2.shape[:2]
     H1, W1 = fc1.shape[2:]
     K = phi.shape[0]
-    if mask is None:
-        mask = fx2.new_ones((B, K))
-    if phi_bias is None:
-        phi_bias = fx2.new_zeros((K,))
-    if psi_bias is None:
-        psi_bias = fx2.new_zeros((K,))
+    mask, phi_bias, psi_bias = _autograd.msca_defaults(fx2, K, mask, phi_bias, psi_bias)
     flat = lambda t: None if t is None else t.flatten(2).contiguous()  # noqa: E731
     out, _, _ = torch.ops.msca_kernels.msca_fwd(
         flat(fx2), flat(fc2), flat(fc1), phi.contiguous(), phi_bias.contiguous(),

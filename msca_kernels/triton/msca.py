@@ -500,12 +500,7 @@ def msca_forward(fx2, fc2, fc1, phi, psi, mask=None, phi_bias=None, psi_bias=Non
     B, N = fx2.shape[:2]
     H1, W1 = fc1.shape[2:]
     K = phi.shape[0]
-    if mask is None:
-        mask = fx2.new_ones((B, K))
-    if phi_bias is None:
-        phi_bias = fx2.new_zeros((K,))
-    if psi_bias is None:
-        psi_bias = fx2.new_zeros((K,))
+    mask, phi_bias, psi_bias = _autograd.msca_defaults(fx2, K, mask, phi_bias, psi_bias)
     # reshape is a view whenever H and W can merge (contiguous and channels_last both can).
     flat = lambda t: None if t is None else t.reshape(t.shape[0], t.shape[1], -1)  # noqa: E731
     out, _, _ = torch.ops.msca_kernels.triton_msca_fwd(

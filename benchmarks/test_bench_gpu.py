@@ -25,7 +25,7 @@ import msca_kernels as mk
 from msca_kernels import _ext, reference
 
 from . import conftest as bench
-from .memory import tensor_bytes
+from .memory import mode_callables, tensor_bytes
 from .test_bench_msca import B, K, M1, M2, MAIN_SIZE, N, SWEEP_SIZES, traffic
 from .test_bench_spade import PASSES
 
@@ -85,34 +85,9 @@ def _msca_inputs(size: int, dtype: torch.dtype) -> dict:
 def _modes(run_case, target, op, case, mode, forward, leaves, grad_out, bytes_moved, info,
            out_bytes):
     """fwd (no_grad), bwd (forward in the untimed set-up) or fwdbwd of forward()."""
-    def clear():
-        for t in leaves:
-            t.grad = None
-
-    if mode == "fwd":
-        def setup():
-            return ()
-
-        def fn():
-            with torch.no_grad():
-                forward()
-        kept = out_bytes
-    elif mode == "bwd":
-        def setup():
-            clear()
-            return (forward(),)
-
-        def fn(out):
-            out.backward(grad_out)
-        kept = tensor_bytes(*leaves)
-    else:
-        def setup():
-            clear()
-            return ()
-
-        def fn():
-            forward().backward(grad_out)
-        kept = out_bytes + tensor_bytes(*leaves)
+    setup, fn = mode_callables(mode, forward, leaves, grad_out)
+    kept = {"fwd": out_bytes, "bwd": tensor_bytes(*leaves),
+            "fwdbwd": out_bytes + tensor_bytes(*leaves)}[mode]
     run_case(target=target, op=op, case=case, mode=mode, setup=setup, fn=fn,
              bytes_moved=bytes_moved, kept_bytes=kept, info=info)
 

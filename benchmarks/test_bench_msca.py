@@ -18,7 +18,7 @@ import torch
 
 import msca_kernels as mk
 
-from .memory import tensor_bytes
+from .memory import mode_callables, tensor_bytes
 
 B, N, M1, M2, K = 1, 64, 64, 64, 16
 MAIN_SIZE = 512
@@ -65,37 +65,10 @@ def _run_msca(run_case, target, mode: str, size: int, case: str):
     def forward():
         return mk.msca_attention(**inp, backend=backend)
 
-    def clear_grads():
-        # .grad = None: AccumulateGrad then takes the fresh gradient instead of adding into an
-        # old one, so every round does the same work and allocates the same memory.
-        for t in leaves:
-            t.grad = None
-
-    if mode == "fwd":
-        def setup():
-            return ()
-
-        def fn():
-            with torch.no_grad():
-                forward()
-        kept = tensor_bytes(grad_out)  # the output, same shape as dO
-    elif mode == "bwd":
-        def setup():
-            clear_grads()
-            return (forward(),)
-
-        def fn(out):
-            out.backward(grad_out)
-        kept = tensor_bytes(*leaves)   # the input gradients
-    else:
-        def setup():
-            clear_grads()
-            return ()
-
-        def fn():
-            forward().backward(grad_out)
-        kept = tensor_bytes(grad_out, *leaves)
-
+    setup, fn = mode_callables(mode, forward, leaves, grad_out)
+    kept = {"fwd": tensor_bytes(grad_out),           # the output, same shape as dO
+            "bwd": tensor_bytes(*leaves),            # the input gradients
+            "fwdbwd": tensor_bytes(grad_out, *leaves)}[mode]
     run_case(target=target, op="msca", case=case, mode=mode, setup=setup, fn=fn,
              bytes_moved=traffic(inp, mode), kept_bytes=kept,
              info={"size": size, "B": B, "N": N, "M1": M1, "M2": M2, "K": K,

@@ -13,7 +13,7 @@ import torch
 import msca_kernels as mk
 from msca_kernels import _ext
 
-from .memory import tensor_bytes
+from .memory import mode_callables, tensor_bytes
 
 B, C, SIZE = 1, 64, 512
 
@@ -53,22 +53,10 @@ def test_spade_512(run_case, target, mode, norm):
     def forward():
         return mk.spade_norm(x, gamma, beta, mode=norm, training=True, backend=backend, **running)
 
+    setup, fn = mode_callables(mode, forward, leaves, grad_out)
     if mode == "fwd":
-        def setup():
-            return ()
-
-        def fn():
-            with torch.no_grad():
-                forward()
         kept = tensor_bytes(x)
     else:
-        def setup():
-            for t in leaves:
-                t.grad = None
-            return ()
-
-        def fn():
-            forward().backward(grad_out)
         def kept():
             # out plus the gradients that are new memory. A fused backward may hand dy itself
             # back as dbeta (DESIGN.md: "dbeta = dy"), and then beta.grad shares dy's storage

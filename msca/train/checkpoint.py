@@ -18,6 +18,12 @@ TRAIN_FORMAT = "msca-train-v1"
 MODEL_FORMAT = "msca-model-v1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temporary file in the target's directory, fsync, then os.replace: a
     crash (or an exception) mid-write leaves any previous file at `path` untouched, since
@@ -30,6 +36,9 @@ def atomic_save(obj, path: str) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have, so a
+        # shared run directory or an exported model stays readable by whom the umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -123,6 +123,15 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
 
 
+def test_saved_file_has_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_save({"format": "x"}, str(tmp_path / "a.pt"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
 def test_resume_without_checkpoint_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         make(tmp_path / "none", resume=True)

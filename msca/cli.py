@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None,
                    help="working resolution (default: the checkpoint's crop_size)")
     s.add_argument("--attention", help="also write the attention maps of scale 0 here")
-    s.add_argument("--backend", default=None, help="kernel backend: auto, cpu, reference, ...")
+    s.add_argument("--backend", default=None,
+                   help="kernel backend: auto (default), cpu, reference, ...")
     s.set_defaults(func=cmd_synthesize)
 
     w = sub.add_parser("swap", help="style-structure swap grid (paper Fig. 9)",
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--checkpoint", help=f"model checkpoint (default {DEFAULT_CHECKPOINT})")
     w.add_argument("--seed", type=int, default=0, help="procedural scene seed")
     w.add_argument("--size", type=int, default=None, help="working resolution")
-    w.add_argument("--backend", default=None, help="kernel backend")
+    w.add_argument("--backend", default=None,
+                   help="kernel backend (default auto: the fused kernels)")
     w.set_defaults(func=cmd_swap)
 
     d = sub.add_parser("demo", help="the README demo: synthesis on unseen procedural pairs, "
@@ -252,12 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", help=f"model (default {DEFAULT_CHECKPOINT})")
     d.add_argument("--gap-checkpoint", help="GAP ablation (default checkpoints/demo_gap.pt)")
     d.add_argument("--pairs", type=int, default=100, help="unseen test pairs (default 100)")
-    d.add_argument("--backend", default=None, help="kernel backend")
+    d.add_argument("--backend", default=None,
+                   help="kernel backend (default auto: the fused kernels)")
     d.set_defaults(func=cmd_demo)
 
     def common(q, procedural_what):
         q.add_argument("--checkpoint", help=f"model (default {DEFAULT_CHECKPOINT})")
-        q.add_argument("--backend", default=None, help="kernel backend")
+        q.add_argument("--backend", default=None,
+                       help="kernel backend (default auto: the fused kernels)")
         q.add_argument("--seed", type=int, default=0, help="procedural scene seed")
         q.add_argument("--index", type=int, default=0,
                        help=f"which procedural {procedural_what} (default 0)")
@@ -357,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lpips-vgg16", help="torchvision VGG-16 weights (vgg16-397923af.pth)")
     v.add_argument("--lpips-lin", help="LPIPS linear layers (lpips weights/v0.1/vgg.pth)")
     v.add_argument("--fid-inception", help="TorchScript Inception (inception-2015-12-05.pt)")
-    v.add_argument("--backend", default=None, help="kernel backend")
+    v.add_argument("--backend", default=None,
+                   help="kernel backend (default auto: the fused kernels)")
     v.set_defaults(func=cmd_evaluate)
     return p
 

@@ -62,14 +62,18 @@ def read_checkpoint(path: str) -> dict:
 
 
 def load_generator(path: str, backend: str | None = None, device="cpu"):
-    """(generator in eval mode, Options) from a training checkpoint or an exported model."""
+    """(generator in eval mode, Options) from a training checkpoint or an exported model.
+
+    The kernel backend is `backend`, or "auto" (the fused kernels of the device) when None:
+    the backend a model was trained with is a training choice recorded in its options, not a
+    property of the weights, and every backend computes the same function.
+    """
     from msca.models import VGGWeightsWarning, build_generator
     from msca.options import Options
 
     ckpt = read_checkpoint(path)
     opt = Options.from_dict(ckpt["options"])
-    if backend is not None:
-        opt = opt.replace(backend=backend)
+    opt = opt.replace(backend=backend or "auto")
     with warnings.catch_warnings():
         # The warning about random VGG weights was shown at training time; the checkpoint's
         # vgg_fingerprint check below still catches a different VGG.

@@ -37,7 +37,8 @@ test-slow: build
 	$(PY) -m pytest -q -m slow tests
 
 bench: build
-	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/cpu.json -q
+	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/cpu.json -q \
+	    --benchmark-max-time=3 --benchmark-min-rounds=7
 	$(PY) -m benchmarks.report benchmarks/results/cpu.json benchmarks/results/cpu.md
 
 # GPU suite (benchmarks/test_bench_gpu.py): needs a CUDA build of torch in the venv, e.g.

@@ -204,15 +204,23 @@ def _dense_table(recs: list[dict], not_run: list[dict], table) -> list[str]:
 
 
 def _train_step_table(recs: list[dict], table) -> list[str]:
-    rows = [r for r in recs if r["op"] == "train_step"]
+    rows = [r for r in recs if r["op"] == "train_step" and "ratio_mean" in r]
     if not rows:
         return []
-    return (["", "### One demo training step (G and D), benchmarks/test_bench_train_step.py", ""]
-            + table(["backend", "clock", "median s", "speed-up", "batch", "crop", "threads"],
-                    [[r.get("target", r.get("backend", "?")), r.get("clock", "?"),
-                      _f(r.get("median"), ".3f"), _f(r.get("speedup"), ".2f", suffix="x"),
+    return (["", "### One demo training step (G and D), backend cpu vs reference, in pairs "
+                 "(benchmarks/test_bench_train_step.py)", ""]
+            + table(["clock", "threads", "batch", "crop", "rounds", "reference median s",
+                     "cpu median s", "speed-up (mean of round ratios)", "sem",
+                     "rounds cpu faster"],
+                    [[r.get("clock", "?"), str(r.get("threads", "-")),
                       str(r.get("batch_size", "-")), str(r.get("crop_size", "-")),
-                      str(r.get("threads", "-"))] for r in rows]))
+                      str(r.get("rounds", "-")), _f(r.get("median_reference_s"), ".3f"),
+                      _f(r.get("median_cpu_s"), ".3f"), _f(r.get("ratio_mean"), ".3f", suffix="x"),
+                      _f(r.get("ratio_sem"), ".3f"),
+                      f"{r.get('cpu_faster_rounds', '-')}/{r.get('rounds', '-')}"]
+                     for r in rows])
+            + ["", "Each round times reference, cpu, cpu, reference (one process, same seed); "
+                   "its ratio is the reference's two steps over cpu's two."])
 
 
 def _targets_table(recs: list[dict], table) -> list[str]:

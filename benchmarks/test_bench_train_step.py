@@ -59,7 +59,7 @@ def one_thread_for_cpu_time(clock):
     torch.set_num_threads(threads)
 
 
-ROUNDS = 20
+ROUNDS = 40
 BACKENDS = ("reference", "cpu")
 
 

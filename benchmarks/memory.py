@@ -9,7 +9,9 @@ glibc keeps freed blocks resident for reuse (blocks below the dynamic mmap thres
 32 MB, go back to the heap, not to the kernel). Without help, the measured call would reuse
 those resident pages from the warm-up and the RSS would not rise: the peak would read low.
 malloc_trim(0) hands every free page of every arena back first, so the rise is the memory the
-call itself touches.
+call itself touches. For the same reason the fused CPU kernels' output pool (msca_kernels.memory)
+is emptied first: its cached buffers would otherwise serve the call's outputs from pages that
+are already resident.
 
 CUDA peak memory comes from the caching allocator's own counters, which count allocated (not
 reserved) bytes, so the same "rise over the start" meaning holds.
@@ -24,6 +26,8 @@ import time
 from typing import Callable
 
 import torch
+
+import msca_kernels as mk
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -56,8 +60,10 @@ def hwm_bytes() -> int:
 
 
 def release_free_memory() -> None:
-    """Collect Python garbage and return glibc's free pages to the kernel (see module doc)."""
+    """Collect Python garbage, empty the CPU kernels' output pool and return glibc's free pages
+    to the kernel (see module doc)."""
     gc.collect()
+    mk.empty_cache()
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
 

@@ -8,11 +8,8 @@
 #include <cstdint>
 #include <tuple>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "msca_cpu_kernels.h"
+#include "output_pool.h"
 
 namespace {
 
@@ -71,24 +68,6 @@ Dims check_common(const Tensor& fx2, const Tensor& fc2, const Tensor& fc1,
   return d;
 }
 
-// The big outputs (out; dfx2, dfc2, dfc1, the bias gradients) are fresh allocations that glibc
-// serves straight from mmap, so the kernel's first writes page-fault on every 4 KiB page:
-// about 17 ms per 64 MB on the benchmark machine, as much as the forward computation itself.
-// Asking for transparent huge pages on the buffer cuts the faults 512-fold. It is only a hint:
-// harmless where THP is disabled, and on memory that was touched before.
-void advise_huge_pages(const Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t bytes = static_cast<uintptr_t>(t.nbytes());
-  const uintptr_t huge = uintptr_t(2) << 20;
-  if (bytes < 4 * huge) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t s = (p + huge - 1) & ~(huge - 1), e = (p + bytes) & ~(huge - 1);
-  if (e > s) (void)madvise(reinterpret_cast<void*>(s), e - s, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
 template <typename T>
 const T* opt_ptr(const c10::optional<Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
@@ -104,10 +83,10 @@ std::tuple<Tensor, Tensor, Tensor> msca_fwd_cpu(const Tensor& fx2, const Tensor&
   const Dims d = check_common(fx2, fc2, fc1, phi_weight, phi_bias, psi_weight, psi_bias, mask,
                               spatial_bias, channel_bias);
   // The accumulation dtype equals the input dtype for the two supported dtypes.
-  Tensor out = at::empty({d.B, d.N, d.P1}, fx2.options());
+  // The big outputs come from the output pool (output_pool.cpp: no fresh page faults per call).
+  Tensor out = msca_cpu::pooled_empty({d.B, d.N, d.P1}, fx2.options());
   Tensor V = at::empty({d.B, d.N, d.K}, fx2.options());
   Tensor lse = at::empty({d.B, d.K}, fx2.options());
-  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(fx2.scalar_type(), "msca_fwd_cpu", [&] {
     msca_cpu::FwdArgs<scalar_t> a;
     a.fx2 = fx2.data_ptr<scalar_t>();
@@ -147,15 +126,17 @@ msca_bwd_cpu(const Tensor& grad_out, const Tensor& fx2, const Tensor& fc2, const
   const bool want_dsb = need_spatial_bias_grad && has_sb;
   const bool want_dcb = need_channel_bias_grad && has_cb;
 
-  Tensor dfx2 = at::empty_like(fx2), dfc2 = at::empty_like(fc2), dfc1 = at::empty_like(fc1);
+  const auto big = [](const Tensor& like) {
+    return msca_cpu::pooled_empty(like.sizes(), like.options());
+  };
+  Tensor dfx2 = big(fx2), dfc2 = big(fc2), dfc1 = big(fc1);
   Tensor dphi = at::empty_like(phi_weight), dphi_b = at::empty_like(phi_bias);
   Tensor dpsi = at::empty_like(psi_weight), dpsi_b = at::empty_like(psi_bias);
   Tensor dmask = at::empty_like(mask);
-  Tensor dsb = want_dsb ? at::empty({d.B, d.K, d.P2}, fx2.options())
+  Tensor dsb = want_dsb ? msca_cpu::pooled_empty({d.B, d.K, d.P2}, fx2.options())
                         : at::empty({0}, fx2.options());
-  Tensor dcb = want_dcb ? at::empty({d.B, d.K, d.P1}, fx2.options())
+  Tensor dcb = want_dcb ? msca_cpu::pooled_empty({d.B, d.K, d.P1}, fx2.options())
                         : at::empty({0}, fx2.options());
-  for (const Tensor* t : {&dfx2, &dfc2, &dfc1, &dsb, &dcb}) advise_huge_pages(*t);
   AT_DISPATCH_FLOATING_TYPES(dt, "msca_bwd_cpu", [&] {
     msca_cpu::BwdArgs<scalar_t> a;
     a.grad_out = grad_out.data_ptr<scalar_t>();

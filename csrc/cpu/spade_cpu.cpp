@@ -10,10 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "output_pool.h"
 #include "spade_cpu_kernels.h"
 
 namespace {
@@ -34,23 +31,9 @@ void check_tensor(const Tensor& t, const char* name, at::IntArrayRef shape, at::
   TORCH_CHECK(t.is_contiguous(), "spade_norm (cpu): ", name, " must be contiguous");
 }
 
-// Outputs of the size that matters (tens of MB) come from a fresh mmap, and first-touch faults
-// on 4 KiB pages cost more than the arithmetic of a pass. Hinting transparent huge pages on the
-// whole 2 MiB-aligned interior before the first write removes almost all of them. Only a hint:
-// no effect where THP is off or on pages that were already touched.
+// The big outputs come from the output pool (output_pool.cpp: no fresh page faults per call).
 Tensor empty_output(const Tensor& like) {
-  Tensor t = at::empty_like(like);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t n = static_cast<uintptr_t>(t.nbytes());
-  if (n >= 4 * kHuge) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t hi = (p + n) & ~(kHuge - 1);
-    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
+  return msca_cpu::pooled_empty(like.sizes(), like.options());
 }
 
 sk::Layout layout_of(const Tensor& x, bool instance) {

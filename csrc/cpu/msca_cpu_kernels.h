@@ -593,6 +593,33 @@ struct TileIO {
   int64_t ncols, ldi, ldo;
 };
 
+// Packs one exemplar tile into buf (row stride kTile): the fx2 rows, the fc2 rows, then the
+// spatial-bias rows if any, and points x1, x2, sb at the copies.
+template <typename T>
+void pack_exemplar_tile(T* buf, const T*& x1, const T*& x2, const T*& sb, int64_t N, int64_t M2,
+                        int64_t K, int64_t P2, int64_t tv, int64_t ncols) {
+  copy_in(buf, kTile, x1, P2, N, tv, ncols);
+  copy_in(buf + N * kTile, kTile, x2, P2, M2, tv, ncols);
+  x1 = buf;
+  x2 = buf + N * kTile;
+  if (sb) {
+    copy_in(buf + (N + M2) * kTile, kTile, sb, P2, K, tv, ncols);
+    sb = buf + (N + M2) * kTile;
+  }
+}
+
+// Packs one target tile into buf: the fc1 rows, then the channel-bias rows if any.
+template <typename T>
+void pack_target_tile(T* buf, const T*& f1, const T*& cb, int64_t M1, int64_t K, int64_t P1,
+                      int64_t tv, int64_t ncols) {
+  copy_in(buf, kTile, f1, P1, M1, tv, ncols);
+  f1 = buf;
+  if (cb) {
+    copy_in(buf + M1 * kTile, kTile, cb, P1, K, tv, ncols);
+    cb = buf + M1 * kTile;
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Forward
 
@@ -630,7 +657,7 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
 
   parallel_dynamic(items, [&](const auto& claim) {
     Scratch<T> S(K * kTile), Vl(N * K * W);
-    Scratch<T> in_x(C * kTile), in_sb(K * kTile);  // the tile's inputs, packed
+    Scratch<T> in_buf((C + K) * kTile);  // the tile's inputs, packed
     for (int64_t item = claim(); item >= 0; item = claim()) {
       const int64_t b = item / nc, ci = item % nc;
       const int64_t tb = ci * ntiles / nc, te = (ci + 1) * ntiles / nc;
@@ -644,16 +671,7 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
         const T* sb = a.spatial_bias ? a.spatial_bias + b * K * P2 + t0 : nullptr;
         const TileIO<T> io(tv, P2);
         const int64_t ncols = io.ncols, ld = io.ldi;
-        if (io.pack) {
-          copy_in(in_x.get(), kTile, x1, P2, N, tv, ncols);
-          copy_in(in_x.get() + N * kTile, kTile, x2, P2, M2, tv, ncols);
-          x1 = in_x.get();
-          x2 = in_x.get() + N * kTile;
-          if (sb) {
-            copy_in(in_sb.get(), kTile, sb, P2, K, tv, ncols);
-            sb = in_sb.get();
-          }
-        }
+        if (io.pack) pack_exemplar_tile(in_buf.get(), x1, x2, sb, N, M2, K, P2, tv, ncols);
         tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, S.get(), kTile,
                 ncols, io.read_opts());
         // padding positions attend to nothing
@@ -716,14 +734,7 @@ void msca_fwd_pass2(const FwdArgs<T>& a) {
         const TileIO<T> io(tv, P1);
         const int64_t ncols = io.ncols, ld = io.ldi;
         T* o = io.full ? a.out + b * N * P1 + t0 : tail_out.get();
-        if (io.pack) {
-          copy_in(in_buf.get(), kTile, f1, P1, M1, tv, ncols);
-          f1 = in_buf.get();
-          if (cb) {
-            copy_in(in_buf.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
-            cb = in_buf.get() + M1 * kTile;
-          }
-        }
+        if (io.pack) pack_target_tile(in_buf.get(), f1, cb, M1, K, P1, tv, ncols);
         tn_gemm(psi_pk.data(), K, M1, f1, ld, int64_t(0), static_cast<const T*>(nullptr),
                 int64_t(0), a.psi_bias, cb, ld, S.get(), kTile, ncols, io.read_opts());
         softmax_over_rows(S.get(), K, kTile, ncols);
@@ -819,12 +830,7 @@ void msca_backward(const BwdArgs<T>& a) {
         const int64_t ncols = io.ncols, ld = io.ldi;
         T* df1 = io.full ? a.dfc1 + b * M1 * P1 + t0 : tail_out.get();
         if (io.pack) {
-          copy_in(in_buf.get(), kTile, f1, P1, M1, tv, ncols);
-          f1 = in_buf.get();
-          if (cb) {
-            copy_in(in_buf.get() + M1 * kTile, kTile, cb, P1, K, tv, ncols);
-            cb = in_buf.get() + M1 * kTile;
-          }
+          pack_target_tile(in_buf.get(), f1, cb, M1, K, P1, tv, ncols);
           copy_in(in_buf.get() + (M1 + K) * kTile, kTile, dO, P1, N, tv, ncols);
           dO = in_buf.get() + (M1 + K) * kTile;
         }
@@ -930,16 +936,7 @@ void msca_backward(const BwdArgs<T>& a) {
         const int64_t ncols = io.ncols, ld = io.ldi;
         T* dx1 = io.full ? a.dfx2 + b * N * P2 + t0 : tail_out.get();
         T* dx2 = io.full ? a.dfc2 + b * M2 * P2 + t0 : tail_out.get() + N * kTile;
-        if (io.pack) {
-          copy_in(in_buf.get(), kTile, x1, P2, N, tv, ncols);
-          copy_in(in_buf.get() + N * kTile, kTile, x2, P2, M2, tv, ncols);
-          x1 = in_buf.get();
-          x2 = in_buf.get() + N * kTile;
-          if (sb) {
-            copy_in(in_buf.get() + C * kTile, kTile, sb, P2, K, tv, ncols);
-            sb = in_buf.get() + C * kTile;
-          }
-        }
+        if (io.pack) pack_exemplar_tile(in_buf.get(), x1, x2, sb, N, M2, K, P2, tv, ncols);
         // alpha = exp(a - lse), padding positions forced to 0
         const TnOpts pf = io.read_opts(), st = io.write_opts();
         tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, alpha, kTile, ncols,

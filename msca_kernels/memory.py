@@ -4,8 +4,8 @@ A 64 MB output from torch's CPU allocator is a fresh mmap every call: its first 
 every page in and the kernel zeroes it, which costs as much as a fused kernel pass. The C++
 kernels therefore take their big outputs (4 MiB and up) from a small cache of freed output
 buffers (csrc/cpu/output_pool.cpp). Free buffers are kept up to MSCA_CPU_POOL_MB megabytes
-(read once, when the extension loads; default 1024, 0 disables the pool); the tensors handed
-out are ordinary CPU tensors.
+(read once, at the first big allocation; default 1024, 0 disables the pool); the tensors
+handed out are ordinary CPU tensors.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@
 //
 // Policy: buffers of at least kMinBytes, sizes rounded up to whole 2 MiB huge pages, reused
 // only for requests of the same rounded size up to 1/8 smaller (so a cached buffer never
-// wastes much); free buffers kept up to MSCA_CPU_POOL_MB megabytes (default 1024, 0 disables
-// the pool), beyond which a freed buffer goes straight back to the system.
+// wastes much); free buffers kept up to MSCA_CPU_POOL_MB megabytes (read at the first big
+// allocation; default 1024, 0 disables the pool), beyond which a freed buffer goes straight back
+// to the system.
 // torch.ops.msca_kernels.cpu_pool_release() (msca_kernels.empty_cache()) empties the cache.
 // The tensors are ordinary CPU tensors whose storage uses this allocator (resizable, freed
 // through it); the pool never hands out a buffer that is still referenced.
@@ -23,13 +24,14 @@
 #include <c10/core/Allocator.h>
 #include <torch/library.h>
 
+#include <c10/util/accumulate.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
-#include <string>
 #include <unordered_map>
 
 #if defined(__linux__)
@@ -166,9 +168,8 @@ class OutputPool final : public c10::Allocator {
 
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   OutputPool& pool = OutputPool::get();
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(opts.dtype().toScalarType());
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                       c10::elementSize(opts.dtype().toScalarType());
   if (bytes < kMinBytes || !opts.device().is_cpu()) return at::empty(sizes, opts);
   if (!pool.enabled()) {
     at::Tensor t = at::empty(sizes, opts);

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from msca.data.transforms import colorize_labels, tensor_to_pil
+from msca.data.transforms import tensor_to_pil
+
+from .attention_figure import attention_figure  # noqa: F401 (re-exported; its own file)
 
 EXEMPLAR_LABEL_HELP = (
     "the exemplar needs its own label map: pass --exemplar-label XL.png (a single-channel PNG "
@@ -105,54 +106,6 @@ def synthesize_files(*, label: str, exemplar: str, exemplar_label: str | None, o
 
 
 # --------------------------------------------------------------------------- figures
-def _heat(m: np.ndarray) -> np.ndarray:
-    """(h, w) in [0, 1] -> (h, w, 3) uint8, black-red-yellow-white."""
-    m = np.clip(m, 0, 1)[..., None]
-    rgb = np.concatenate([np.clip(3 * m, 0, 1), np.clip(3 * m - 1, 0, 1),
-                          np.clip(3 * m - 2, 0, 1)], -1)
-    return (rgb * 255 + 0.5).astype(np.uint8)
-
-
-def _norm(a: torch.Tensor) -> np.ndarray:
-    a = a.detach().float().cpu()
-    lo, hi = a.min(), a.max()
-    return ((a - lo) / (hi - lo + 1e-12)).numpy()
-
-
-def _up(arr: np.ndarray, scale: int) -> Image.Image:
-    im = Image.fromarray(arr)
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-
-
-def attention_figure(exemplar: torch.Tensor, label: torch.Tensor, alpha: torch.Tensor,
-                     beta: torch.Tensor, num_classes: int, scale: int = 2) -> Image.Image:
-    """Row 1: the exemplar, then the K spatial attention maps alpha_k over it (Eq. 4: where
-    each of the K "style tokens" reads from). Row 2: the target label map, then the K channel
-    attention maps beta_k over the target (Eq. 7: where each token is written to). Each map is
-    min-max normalised on its own and blended 70/30 with the picture below it."""
-    K = alpha.shape[0]
-    ex = np.asarray(tensor_to_pil(exemplar))
-    lab = colorize_labels(label, num_classes)
-    rows = []
-    for base, maps in ((ex, alpha), (lab, beta)):
-        h, w = base.shape[:2]
-        cells = [base]
-        for k in range(K):
-            m = torch.as_tensor(_norm(maps[k]))[None, None]
-            m = F.interpolate(m, size=(h, w), mode="nearest")[0, 0].numpy()
-            cells.append((0.7 * _heat(m) + 0.3 * base).astype(np.uint8))
-        rows.append(np.concatenate(cells, 1))
-    img = _up(np.concatenate(rows, 0), scale)
-    pad = 14
-    canvas = Image.new("RGB", (img.width, img.height + 2 * pad), "white")
-    canvas.paste(img, (0, pad))
-    d = ImageDraw.Draw(canvas)
-    d.text((2, 1), f"exemplar | alpha_1..{K} (spatial attention over the exemplar)", fill="black")
-    d.text((2, img.height + pad + 1), f"target label | beta_1..{K} (channel attention over "
-           "the target)", fill="black")
-    return canvas
-
-
 def labelled_row(images: list[Image.Image], captions: list[str], scale: int = 3,
                  pad: int = 14) -> Image.Image:
     """Images side by side, each enlarged `scale` times (nearest), with captions above."""

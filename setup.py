@@ -6,6 +6,12 @@ them for the CUDA dispatch key) is added only where nvcc and a CUDA build of tor
 present; set MSCA_NO_CUDA=1 to skip it anyway. TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX".
 -march=native: every machine builds its own copy (pip install -e . on that machine), so the
 kernels use its widest vector unit; set MSCA_PORTABLE=1 for a binary that runs on any x86-64.
+
+torch is imported from the environment being installed into (build_backend/torch_aware.py makes
+it visible under pip's build isolation), and the package requires exactly that torch release:
+the extension is only valid with the torch it was compiled against. The sources compile in
+parallel with ninja (MAX_JOBS limits the jobs); without ninja torch falls back to one file at a
+time.
 """
 import glob
 import os
@@ -16,6 +22,9 @@ import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# "2.13.0+cpu" -> "torch==2.13.0", which any local build of that release (+cpu, +cu128) satisfies,
+# so pip keeps the installed torch and never fetches another.
+BUILT_AGAINST_TORCH = "torch==" + torch.__version__.split("+")[0]
 
 
 def rel(pattern):
@@ -51,8 +60,8 @@ setup(
     description="Fused MSCA attention and SPADE kernels, and example-guided scene synthesis",
     packages=find_packages(include=["msca_kernels", "msca_kernels.*", "msca", "msca.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm"],
+    install_requires=[BUILT_AGAINST_TORCH, "numpy", "pillow", "tqdm"],
     entry_points={"console_scripts": ["msca=msca.cli:main"]},
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -231,7 +231,7 @@ def _paint_blob(lab, b, cls, xs, ys, only=None, min_y=None):
     sub[m] = cls
 
 
-def _paint_building(lab, b, xs, ys):
+def _paint_building(lab, b, xs, ys, value=BUILDING):
     j0, j1 = _span(b.x0, b.x1, xs.shape[0])
     sel = (xs[j0:j1] >= b.x0) & (xs[j0:j1] <= b.x1)
     top = np.full(j1 - j0, b.top)
@@ -239,7 +239,7 @@ def _paint_building(lab, b, xs, ys):
         mid, half = 0.5 * (b.x0 + b.x1), 0.5 * (b.x1 - b.x0)
         top = b.top - b.roof * (1 - np.abs(xs[j0:j1] - mid) / half)
     m = sel[None, :] & (ys >= top[None, :]) & (ys <= b.bottom)
-    lab[:, j0:j1][m] = BUILDING
+    lab[:, j0:j1][m] = value
 
 
 def _paint_road(lab, r: Road, horizon, xs, ys):
@@ -250,7 +250,8 @@ def _paint_road(lab, r: Road, horizon, xs, ys):
     lab[m] = ROAD
 
 
-def _paint_tree(lab, t: Tree, xs, ys):
+def _paint_tree(lab, t: Tree, xs, ys, value=TREE):
+    # ``value``: the class for label maps, an instance number for render's instance maps
     h, w = lab.shape
     trunk_h = t.height * (0.12 if t.conifer else 0.35)
     crown_bottom = t.base - trunk_h
@@ -258,7 +259,7 @@ def _paint_tree(lab, t: Tree, xs, ys):
     j0, j1 = _span(t.x - tw, t.x + tw, w)
     i0, i1 = _span(crown_bottom, t.base, h)
     m = (np.abs(xs[None, j0:j1] - t.x) <= tw) & (ys[i0:i1] >= crown_bottom - 0.01) & (ys[i0:i1] <= t.base)
-    lab[i0:i1, j0:j1][m] = TREE
+    lab[i0:i1, j0:j1][m] = value
     if t.conifer:
         top = t.base - t.height
         j0, j1 = _span(t.x - t.width / 2, t.x + t.width / 2, w)
@@ -268,9 +269,9 @@ def _paint_tree(lab, t: Tree, xs, ys):
         saw = 0.75 + 0.25 * ((dy * 4) % 1.0)
         half = 0.5 * t.width * dy * saw
         m = (np.abs(xs[None, j0:j1] - t.x) <= half) & (dy >= 0) & (dy <= 1)
-        lab[i0:i1, j0:j1][m] = TREE
+        lab[i0:i1, j0:j1][m] = value
     else:
-        _paint_blob(lab, t.crown, TREE, xs, ys)
+        _paint_blob(lab, t.crown, value, xs, ys)
 
 
 def sample_layout(rng: np.random.Generator) -> Layout:
@@ -395,6 +396,7 @@ _PALETTES = {
     BUILDING: [(0.7, 0.65, 0.58), (0.55, 0.5, 0.5), (0.8, 0.75, 0.7), (0.6, 0.35, 0.3),
                (0.45, 0.5, 0.55)],
 }
+_ROOFS = [(0.55, 0.2, 0.15), (0.3, 0.3, 0.33), (0.45, 0.3, 0.22), (0.25, 0.35, 0.3)]
 _VEGETATION = {  # season -> (tree, grass, hill) palettes
     "spring": ([(0.3, 0.55, 0.2), (0.4, 0.6, 0.25)], [(0.45, 0.7, 0.3), (0.5, 0.75, 0.35)],
                [(0.4, 0.6, 0.3)]),
@@ -405,7 +407,7 @@ _VEGETATION = {  # season -> (tree, grass, hill) palettes
     "winter": ([(0.25, 0.3, 0.25), (0.35, 0.3, 0.25)], [(0.55, 0.53, 0.45), (0.5, 0.5, 0.4)],
                [(0.5, 0.48, 0.42)]),
 }
-_SKY = {  # time -> list of (zenith, horizon) colours
+_SKY = {  # time -> list of (zenith, horizon) colours; the last "day" entry is overcast
     "day": [((0.2, 0.42, 0.8), (0.65, 0.8, 0.95)), ((0.3, 0.5, 0.85), (0.8, 0.87, 0.95)),
             ((0.45, 0.55, 0.7), (0.75, 0.78, 0.8))],
     "sunset": [((0.25, 0.3, 0.6), (1.0, 0.6, 0.3)), ((0.4, 0.3, 0.55), (1.0, 0.5, 0.35)),
@@ -413,30 +415,49 @@ _SKY = {  # time -> list of (zenith, horizon) colours
     "dusk": [((0.12, 0.12, 0.3), (0.6, 0.4, 0.55)), ((0.1, 0.15, 0.35), (0.5, 0.45, 0.6))],
     "night": [((0.02, 0.04, 0.12), (0.15, 0.18, 0.32)), ((0.03, 0.03, 0.08), (0.2, 0.2, 0.28))],
 }
-_LIGHT = {  # time -> (ambient tint, brightness range)
-    "day": ((1.0, 1.0, 1.0), (0.95, 1.1)),
-    "sunset": ((1.1, 0.78, 0.55), (0.75, 0.9)),
-    "dusk": ((0.8, 0.7, 0.95), (0.55, 0.7)),
-    "night": ((0.5, 0.6, 0.95), (0.35, 0.5)),
+# time -> (ambient sky-light colour, direct light colour, direct share range, sun elevation
+# range, exposure range).  The direct light is the sun (the moon at night); a low sun gives
+# strong sunlit/shaded sides and long shadows.
+_LIGHT = {
+    "day": ((0.78, 0.86, 1.05), (1.12, 1.06, 0.95), (0.45, 0.75), (0.3, 0.95), (1.0, 1.12)),
+    "sunset": ((0.72, 0.66, 0.85), (1.45, 0.9, 0.52), (0.55, 0.8), (0.03, 0.2), (0.8, 0.95)),
+    "dusk": ((0.72, 0.66, 0.95), (1.0, 0.65, 0.65), (0.15, 0.35), (0.0, 0.1), (0.6, 0.75)),
+    "night": ((0.5, 0.6, 0.95), (0.75, 0.85, 1.1), (0.1, 0.3), (0.3, 0.8), (0.38, 0.52)),
 }
 
 
 @dataclass(frozen=True)
 class Style:
-    """Appearance of a scene, independent of its layout."""
-    seed: int                     # seeds all texture noise in ``render``
+    """Appearance of a scene, independent of its layout: colours, light and texture.  Every
+    effect that depends on where things are (lit sides, shadows, gradients, wave bands) is
+    computed by ``render`` from these numbers and the layout, so it transfers across scenes."""
+    seed: int                     # seeds all texture noise and instance colours in ``render``
     time: str
     season: str
     colors: np.ndarray            # (NUM_CLASSES, 3) base colours in [0, 1]
     sky_top: np.ndarray           # (3,)
     sky_horizon: np.ndarray       # (3,)
-    tint: np.ndarray              # (3,) ambient light multiplier for non-sky classes
-    brightness: float
-    haze: float                   # how much distant mountains fade into the horizon colour
-    tex_amp: np.ndarray           # (NUM_CLASSES,) texture contrast
+    tint: np.ndarray              # (3,) ambient (sky) light colour: lights shaded surfaces
+    brightness: float             # exposure of everything but the sky dome
+    haze: float                   # how much distance fades things into the horizon colour
+    tex_amp: np.ndarray           # (NUM_CLASSES,) noise texture contrast
     tex_freq: np.ndarray          # (NUM_CLASSES,) in [0, 1]: 0 coarse blotches, 1 fine grain
-    sun_x: float                  # sun position (glow) in the sky, normalised x
+    sun_x: float                  # sun position in the sky, normalised x: light comes from there
     window_grid: Tuple[float, float]  # building window rows/cols per unit of image size
+    sun_elev: float = 0.6         # 0: on the horizon (long shadows), 1: overhead
+    sun_color: np.ndarray = field(default_factory=lambda: np.ones(3))  # (3,) direct light
+    sun_share: float = 0.5        # share of direct light in the total (0: overcast)
+    near_shade: float = 0.2       # ground darkening toward the viewer
+    near_warm: float = 0.0        # ground warming toward the viewer (red up, blue down)
+    instance_jitter: float = 0.0  # colour spread of tree / building / rock instances
+    stripes: Tuple[float, float, float] = (0.0, 3.0, 0.0)  # grass (amplitude, freq, angle)
+    ripples: Tuple[float, float] = (0.0, 1.0)   # sand ripples (amplitude, frequency)
+    waves: Tuple[float, float] = (0.0, 0.5)     # sea wave bands (amplitude, frequency)
+    strata: Tuple[float, float, float] = (0.0, 10.0, 0.0)  # rock/mountain (amp, freq, tilt)
+    courses: float = 0.0          # building floor bands (amplitude)
+    snow_alt: float = 2.0         # mountain snow caps above this share of the sky height
+    roof_color: np.ndarray = field(default_factory=lambda: np.full(3, 0.4))  # gable roofs
+    road_mark: float = 0.0        # brightness of the road's centre dashes (0: none)
 
     def __eq__(self, other):  # ndarray fields break the dataclass __eq__
         if not isinstance(other, Style):
@@ -445,6 +466,15 @@ class Style:
                    for f in self.__dataclass_fields__)
 
     __hash__ = None
+
+
+def untextured(style: Style) -> Style:
+    """``style`` with every texture amplitude zero (noise, stripes, ripples, waves, strata,
+    floor bands); light, gradients, shadows and instance colours are kept.  Rendering a
+    layout in it gives the predictable part of the scene (the baselines' oracle)."""
+    return replace(style, tex_amp=np.zeros_like(style.tex_amp), stripes=(0.0,) + style.stripes[1:],
+                   ripples=(0.0, style.ripples[1]), waves=(0.0, style.waves[1]),
+                   strata=(0.0,) + style.strata[1:], courses=0.0)
 
 
 def _pick(rng, pal, jitter=0.025):
@@ -463,23 +493,44 @@ def sample_style(rng: np.random.Generator) -> Style:
     colors[TREE] = _pick(rng, tree)
     colors[GRASS] = _pick(rng, grass)
     colors[HILL] = _pick(rng, hill)
-    zen, hor = _SKY[time][int(rng.integers(len(_SKY[time])))]
+    sky_i = int(rng.integers(len(_SKY[time])))
+    zen, hor = _SKY[time][sky_i]
     sky_top = np.clip(np.asarray(zen) + rng.normal(0, 0.04, 3), 0, 1)
     sky_hor = np.clip(np.asarray(hor) + rng.normal(0, 0.04, 3), 0, 1)
     colors[SKY] = sky_hor
     if time in ("sunset", "dusk"):  # clouds catch the warm light
         colors[CLOUD] = 0.5 * colors[CLOUD] + 0.5 * sky_hor * 1.1
-    tint, (b0, b1) = _LIGHT[time]
+    amb, sun, share, elev, expo = _LIGHT[time]
+    sun_share = float(rng.uniform(*share))
+    if time == "day" and sky_i == len(_SKY["day"]) - 1:  # overcast: little direct light
+        sun_share *= 0.35
     tex_amp = np.array([0.03, 0.12, 0.18, 0.15, 0.3, 0.2, 0.12, 0.15, 0.06, 0.3, 0.08, 0.12])
     tex_amp = tex_amp * rng.uniform(0.6, 1.6, NUM_CLASSES)
     tex_freq = np.clip(np.array([0.1, 0.3, 0.5, 0.4, 0.85, 0.75, 0.6, 0.7, 0.4, 0.6, 0.9, 0.5])
                        + rng.normal(0, 0.15, NUM_CLASSES), 0, 1)
+    # A snow line on the mountains: low in winter, sometimes high otherwise, often none.
+    snow_alt = (float(rng.uniform(0.15, 0.55)) if season == "winter" else
+                float(rng.uniform(0.45, 0.85)) if rng.uniform() < 0.3 else 2.0)
     return Style(seed=int(rng.integers(2 ** 31)), time=time, season=season, colors=colors,
                  sky_top=sky_top, sky_horizon=sky_hor,
-                 tint=np.clip(np.asarray(tint) + rng.normal(0, 0.03, 3), 0.1, 1.3),
-                 brightness=float(rng.uniform(b0, b1)), haze=float(rng.uniform(0.2, 0.6)),
-                 tex_amp=tex_amp, tex_freq=tex_freq, sun_x=float(rng.uniform(0.1, 0.9)),
-                 window_grid=(float(rng.uniform(20, 45)), float(rng.uniform(25, 60))))
+                 tint=np.clip(np.asarray(amb) + rng.normal(0, 0.03, 3), 0.1, 1.3),
+                 brightness=float(rng.uniform(*expo)), haze=float(rng.uniform(0.2, 0.6)),
+                 tex_amp=tex_amp, tex_freq=tex_freq, sun_x=float(rng.uniform(0.05, 0.95)),
+                 window_grid=(float(rng.uniform(20, 45)), float(rng.uniform(25, 60))),
+                 sun_elev=float(rng.uniform(*elev)),
+                 sun_color=np.clip(np.asarray(sun) + rng.normal(0, 0.04, 3), 0.1, 1.6),
+                 sun_share=sun_share, near_shade=float(rng.uniform(0.15, 0.5)),
+                 near_warm=float(rng.uniform(-0.05, 0.2)),
+                 instance_jitter=float(rng.uniform(0.03, 0.08)),
+                 stripes=(float(rng.uniform(0.04, 0.18)) if rng.uniform() < 0.6 else 0.0,
+                          float(rng.uniform(1.5, 5.0)), float(rng.uniform(-0.5, 0.5) * np.pi)),
+                 ripples=(float(rng.uniform(0.03, 0.12)), float(rng.uniform(0.6, 2.0))),
+                 waves=(float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.4, 1.5))),
+                 strata=(float(rng.uniform(0.05, 0.2)), float(rng.uniform(6.0, 16.0)),
+                         float(rng.uniform(-0.6, 0.6))),
+                 courses=float(rng.uniform(0.0, 0.15)), snow_alt=snow_alt,
+                 roof_color=_pick(rng, _ROOFS),
+                 road_mark=float(rng.uniform(0.3, 0.8)) if rng.uniform() < 0.7 else 0.0)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -526,30 +577,283 @@ def _fbm(rng, h, w, cy, cx, octaves=3):
     return _resample(lat / tot, h, w)
 
 
+@dataclass
+class _Instances:
+    """1-based index (in the layout's tuple) of the tree / building / rock / cloud visible at
+    each pixel, 0 where none.  Painted with label_map's own painters in its order, then masked
+    by the label, so it agrees with the label map exactly."""
+    tree: np.ndarray
+    building: np.ndarray
+    rock: np.ndarray
+    cloud: np.ndarray
+
+
+def _instances(layout: Layout, lab: np.ndarray) -> _Instances:
+    h, w = lab.shape
+    xs = (np.arange(w) + 0.5) / w
+    ys = ((np.arange(h) + 0.5) / h)[:, None]
+    maps = [np.zeros((h, w), np.int16) for _ in range(4)]
+    tree, bld, rock, cloud = maps
+    for i, c in enumerate(layout.clouds):  # first blob wins, like the label painter
+        _paint_blob(cloud, c, i + 1, xs, ys, only=0)
+    for i, b in enumerate(layout.buildings):
+        _paint_building(bld, b, xs, ys, value=i + 1)
+    for i, r in enumerate(layout.rocks):
+        _paint_blob(rock, r, i + 1, xs, ys, min_y=layout.horizon)
+    for i in sorted(range(len(layout.trees)), key=lambda i: layout.trees[i].base):
+        _paint_tree(tree, layout.trees[i], xs, ys, value=i + 1)
+    for m, cls in zip(maps, (TREE, BUILDING, ROCK, CLOUD)):
+        m[lab != cls] = 0
+    return _Instances(*maps)
+
+
+def _table(values, ids):
+    """Per-pixel lookup of a per-instance value (index 0: no instance)."""
+    return np.asarray([0.0] + list(values), np.float32)[ids]
+
+
+def _ridge_facing(prof: Profile, xs: np.ndarray, gain: float) -> np.ndarray:
+    """Horizontal facing in [-1, 1] of the slope under each column of a ridge: +1 faces right
+    (the ridge descends to the right; y grows downward).  From the continuous profile, so it
+    does not depend on the resolution."""
+    e = 0.004
+    return np.tanh(gain * (prof(xs + e) - prof(xs - e)) / (2 * e)).astype(np.float32)
+
+
+def _ellipse(shadow, cx, cy, rx, ry, xs, ys):
+    """shadow = max(shadow, soft ellipse) inside the ellipse's bounding box."""
+    h, w = shadow.shape
+    j0, j1 = _span(cx - rx, cx + rx, w)
+    i0, i1 = _span(cy - ry, cy + ry, h)
+    if j0 >= j1 or i0 >= i1:
+        return
+    r2 = ((xs[:, j0:j1] - cx) / rx) ** 2 + ((ys[i0:i1] - cy) / ry) ** 2
+    np.maximum(shadow[i0:i1, j0:j1], np.clip((1 - r2) * 3, 0, 1), out=shadow[i0:i1, j0:j1])
+
+
+def _cast_shadows(layout: Layout, style: Style, side: float, reach: float, h, w, xs, ys):
+    """(h, w) in [0, 1]: shadows cast on the ground by trees, buildings and rocks, on the side
+    away from the sun, longer when the sun is low.  ``side``: +1 sun on the right."""
+    shadow = np.zeros((h, w), np.float32)
+    if reach <= 0:
+        return shadow
+    for t in layout.trees:
+        length = t.height * reach
+        _ellipse(shadow, t.x - side * length / 2, t.base - 0.003, length / 2 + t.width * 0.25,
+                 max(0.004, 0.07 * t.height), xs, ys)
+    for b in layout.buildings:
+        length = (b.bottom - b.top) * reach
+        edge = b.x0 if side > 0 else b.x1
+        _ellipse(shadow, edge - side * length / 2, b.bottom, length / 2 + 0.02,
+                 max(0.004, 0.04 * (b.bottom - b.top)), xs, ys)
+    for r in layout.rocks:
+        _ellipse(shadow, r.cx - side * r.rx * (0.5 + reach), r.cy + 0.5 * r.ry,
+                 r.rx * (1 + reach * 0.6), r.ry * 0.6, xs, ys)
+    return shadow
+
+
+def _jitter(style: Style, kind: int, n: int) -> np.ndarray:
+    """(n + 1, 3) albedo multipliers of instances 1..n of one kind (row 0: none).  Keyed by
+    (style seed, kind, instance index) only, so render stays a pure function."""
+    if n == 0:
+        return np.ones((1, 3), np.float32)
+    r = np.random.default_rng((style.seed, 17, kind)).normal(0, 1, (n, 4))
+    j = 1 + style.instance_jitter * (0.7 * r[:, :1] + 0.35 * r[:, 1:])
+    return np.concatenate([np.ones((1, 3)), j]).astype(np.float32)
+
+
+_GROUND_LIKE = np.zeros(NUM_CLASSES, bool)
+_GROUND_LIKE[[GRASS, SAND, SNOW, ROCK, ROAD]] = True
+
+
 def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
-    """Image (h, w, 3) uint8 of ``layout`` painted in ``style``.  Pure and deterministic."""
+    """Image (h, w, 3) uint8 of ``layout`` painted in ``style``.  Pure and deterministic.
+
+    albedo (class colour x noise x structured texture x instance jitter) x light, where light
+    = exposure x (ambient x (1 - sun share) + sun colour x sun share x direct), and ``direct``
+    carries the sun direction: sunlit and shaded sides of trees, rocks, buildings and mountain
+    slopes, a horizontal gradient across the ground, cast shadows.  Then haze with distance,
+    the sky dome, clouds, the sea's reflection and glitter, lit windows at night."""
     lab = layout.label_map(h, w)
+    inst = _instances(layout, lab)
     rng = np.random.default_rng(style.seed)  # texture noise comes from the style only
     coarse = _fbm(rng, h, w, 3, 3)
     fine = _fbm(rng, h, w, 24, 24)
     streak = _fbm(rng, h, w, 40, 3, octaves=2)  # horizontal streaks for water and clouds
+    xs1 = (np.arange(w) + 0.5) / w
     ys = ((np.arange(h) + 0.5) / h).astype(np.float32)[:, None]
-    xs = ((np.arange(w) + 0.5) / w).astype(np.float32)[None, :]
+    xs = xs1.astype(np.float32)[None, :]
+    hz = max(layout.horizon, 0.05)
+    below = ys >= layout.horizon
+    # ground-plane coordinates: dz in (0, 1] from the horizon to the bottom edge, and the
+    # distance-like Z = 1/dz, so bands evenly spaced on the ground narrow toward the horizon
+    dz = np.clip((ys - layout.horizon) / max(1e-3, 1 - layout.horizon), 0.0, 1.0)
+    zz = 1.0 / np.maximum(dz, 0.02)
+    near = np.clip((dz - 0.03) * 5, 0, 1)  # fades plane textures out before they alias
 
+    # --- albedo: class colour, noise texture, structured textures, instance jitter
     f = style.tex_freq.astype(np.float32)[lab]
     tex = ((1 - f) * coarse + f * fine) * style.tex_amp.astype(np.float32)[lab]
     water = lab == SEA
     tex = np.where(water, style.tex_amp[SEA] * (0.4 * streak + 0.6 * fine), tex)
+    amp, freq, ang = style.stripes
+    if amp > 0 and (lab == GRASS).any():  # mown stripes on the ground plane
+        u = (xs - 0.5) * zz * math.cos(ang) + zz * math.sin(ang) * 0.5
+        tex = np.where(lab == GRASS, tex + amp * near * np.tanh(3 * np.sin(2 * np.pi * freq * u)), tex)
+    amp, freq = style.ripples
+    if amp > 0 and (lab == SAND).any():  # wind ripples parallel to the horizon
+        tex = np.where(lab == SAND, tex + amp * near * np.sin(2 * np.pi * freq * zz + 2 * fine), tex)
+    amp, freq = style.waves
+    if amp > 0 and water.any():  # wave bands, evenly spaced on the water, so narrowing
+        tex = np.where(water, tex + amp * near * np.sin(2 * np.pi * freq * zz + 1.5 * streak), tex)
+    amp, freq, tilt = style.strata
+    rocky = (lab == ROCK) | (lab == MOUNTAIN)
+    if amp > 0 and rocky.any():
+        tex = np.where(rocky, tex + amp * np.sin(2 * np.pi * freq * (ys + tilt * (xs - 0.5)) + 2 * coarse), tex)
+    bld = lab == BUILDING
+    if style.courses > 0 and bld.any():  # floor bands in step with the window rows
+        tex = np.where(bld, tex - style.courses * (np.sin(2 * np.pi * style.window_grid[0] * ys) > 0.5), tex)
     img = style.colors.astype(np.float32)[lab] * (1 + tex)[..., None]
+    for kind, (ids, items) in enumerate(((inst.tree, layout.trees), (inst.building, layout.buildings),
+                                         (inst.rock, layout.rocks))):
+        if items:
+            m = ids > 0
+            img[m] *= _jitter(style, kind, len(items))[ids[m]]
 
-    # Sky: vertical gradient zenith -> horizon, a warm glow around the sun at sunset/dusk.
-    hz = max(layout.horizon, 0.05)
+    # mountain snow caps: above the style's snow line (a share of the sky height), ragged edge
+    alt = (layout.horizon - ys) / hz
+    cap = (lab == MOUNTAIN) & (alt + 0.06 * fine + 0.03 * coarse > style.snow_alt)
+    if cap.any():
+        img[cap] = (style.colors[SNOW].astype(np.float32) * (1 + 0.5 * style.tex_amp[SNOW] * fine)[..., None])[cap]
+
+    # gable roofs take the roof colour
+    roof = np.zeros((h, w), bool)
+    if bld.any():
+        top = _table([b.top for b in layout.buildings], inst.building)
+        roof = bld & (ys < top) & (_table([b.roof for b in layout.buildings], inst.building) > 0)
+        img[roof] = (style.roof_color.astype(np.float32) * (1 + 0.5 * tex)[..., None])[roof]
+
+    # --- direct light: the sun's horizontal reach ``sdir`` (signed: + from the right) grows as
+    # the sun goes down; flat ground gets less direct light when the sun is low
+    side = 1.0 if style.sun_x >= 0.5 else -1.0
+    low = 1.0 - style.sun_elev
+    sdir = float(np.clip((style.sun_x - 0.5) * 3, -1, 1)) * (0.35 + 0.65 * low)
+    flat = 0.45 + 0.55 * style.sun_elev
+    direct = np.broadcast_to(flat * (1 + 0.6 * sdir * (xs - 0.5) * 2), (h, w)).copy()
+
+    def vertical(face):  # direct light on a surface whose horizontal facing is ``face``
+        return np.clip(0.6 + 0.85 * face * sdir, 0.08, 1.6)
+
+    face = np.zeros((h, w), np.float32)
+    slopes = ((layout.far_mountain, (MOUNTAIN, SNOW), 0.6, 1.5), (layout.mountain, (MOUNTAIN, SNOW), 1.0, 1.5),
+              (layout.hill, (HILL,), 0.8, 4.0), (layout.treeline, (TREE,), 0.4, 0.5))
+    for prof, classes, weight, gain in slopes:  # later (nearer) ridges override
+        if prof is None:
+            continue
+        ridge = prof(xs1).astype(np.float32)[None, :]
+        m = (ys >= ridge) & np.isin(lab, classes) & ~below
+        if classes == (TREE,):
+            m &= inst.tree == 0
+        fc = weight * _ridge_facing(prof, xs1, gain)[None, :] * np.exp(-(ys - ridge) / 0.3)
+        face = np.where(m, fc, face)
+    ridged = (face != 0)
+    trees = inst.tree > 0
+    if trees.any():
+        tx = _table([t.x for t in layout.trees], inst.tree)
+        tw = _table([t.width for t in layout.trees], inst.tree)
+        face = np.where(trees, np.clip((xs - tx) / np.maximum(tw * 0.5, 1e-3), -1, 1), face)
+    rocks = inst.rock > 0
+    if rocks.any():
+        rx = _table([r.cx for r in layout.rocks], inst.rock)
+        rr = _table([r.rx for r in layout.rocks], inst.rock)
+        face = np.where(rocks, np.clip((xs - rx) / np.maximum(rr, 1e-3), -1, 1), face)
+    if bld.any():  # the side wall seen beside the facade is the one toward the image centre
+        x0 = _table([b.x0 for b in layout.buildings], inst.building)
+        x1 = _table([b.x1 for b in layout.buildings], inst.building)
+        cx = 0.5 * (x0 + x1)
+        wall = np.where(cx < 0.5, 1.0, -1.0).astype(np.float32)
+        share = 0.2 + 0.5 * np.abs(cx - 0.5)
+        on_wall = bld & ~roof & np.where(wall > 0, xs > x1 - share * (x1 - x0), xs < x0 + share * (x1 - x0))
+        face = np.where(on_wall, wall, face)
+        direct = np.where(bld & ~on_wall, flat * 0.5 + 0.45, direct)  # facades face the viewer
+    objects = ridged | trees | rocks | (bld & (face != 0))
+    direct = np.where(objects, vertical(face), direct)
+    if trees.any():  # self-shadowing: crowns darker toward the bottom, fir tiers
+        base = _table([t.base for t in layout.trees], inst.tree)
+        height = _table([t.height for t in layout.trees], inst.tree)
+        rel = np.clip((base - ys) / np.maximum(height, 1e-3), 0, 1)  # 0 at the foot, 1 at the tip
+        conifer = _table([float(t.conifer) for t in layout.trees], inst.tree) > 0
+        tier = np.where(conifer, ((1 - rel) * 4 / 0.88) % 1.0, 0.5)
+        direct = np.where(trees, direct * (0.7 + 0.3 * rel) * (1.1 - 0.3 * tier), direct)
+    ground = below & _GROUND_LIKE[lab]
+    shadow = _cast_shadows(layout, style, side, (0.3 + 2.2 * low ** 2) * min(1.0, abs(sdir) * 2 + 0.15),
+                           h, w, xs, ys)
+    direct = np.where(ground, direct * (1 - 0.85 * shadow), direct)
+
+    light = (style.tint.astype(np.float32) * (1 - style.sun_share)
+             + style.sun_color.astype(np.float32) * style.sun_share * direct[..., None])
+    img *= light * np.float32(style.brightness)
+
+    # ground: darker (and warmer) toward the viewer
+    g = below & ~water
+    near_mult = (1 - style.near_shade * dz[..., None]
+                 + style.near_warm * 0.3 * dz[..., None] * np.array([1.0, 0.2, -1.0], np.float32))
+    img = np.where(g[..., None], img * near_mult, img)
+
+    # --- water: the sky's reflection (stronger toward the horizon) and the sun's glitter path
+    if water.any():
+        refl = np.broadcast_to(np.clip(1 - (ys - layout.horizon) * 2, 0, 1) * 0.5, (h, w))[..., None]
+        sea = img * (1 - refl) + refl * style.sky_horizon.astype(np.float32)
+        glint = np.exp(-((xs - style.sun_x) / (0.02 + 0.1 * dz)) ** 2) * (0.5 + 0.5 * np.sin(
+            2 * np.pi * style.waves[1] * zz * 2 + 2 * streak)) * style.sun_share * (0.4 + 0.6 * low)
+        sea = sea + glint[..., None] * style.sun_color.astype(np.float32) * 0.5 * style.brightness
+        img[water] = sea[water]
+
+    # --- aerial perspective: distant things fade into the horizon colour
+    hor = style.sky_horizon.astype(np.float32)
+    for cls, amount in ((MOUNTAIN, style.haze), (SNOW, style.haze * 0.6), (HILL, style.haze * 0.45)):
+        m = (lab == cls) & ~below
+        if m.any():  # higher up the mountain (smaller y) means farther away: fade more
+            k = np.broadcast_to(amount * (0.7 + 0.3 * (1 - ys / hz)), (h, w))[..., None]
+            img = np.where(m[..., None], img * (1 - k) + k * hor, img)
+    far = np.broadcast_to(style.haze * 0.6 * (1 - dz) ** 4, (h, w))  # ground near the horizon
+    if trees.any():  # trees by the distance of their foot
+        tdz = np.clip((base - layout.horizon) / max(1e-3, 1 - layout.horizon), 0, 1)
+        far = np.where(trees, style.haze * 0.5 * (1 - tdz) ** 4, far)
+    fade = (g | trees | bld)[..., None] * far[..., None]
+    img = img * (1 - fade) + fade * hor
+
+    # --- lit windows at night, dark glass by day
+    if bld.any():
+        ry, rx = style.window_grid
+        win = (((ys * ry) % 1.0) > 0.45) & (((xs * rx) % 1.0) > 0.4) & bld & ~roof
+        if style.time in ("dusk", "night"):
+            lit = win & (coarse + fine * 0.5 > -0.1)
+            img[lit] = np.array([1.0, 0.85, 0.45], np.float32) * 2.5  # survives the dim light
+            img[win & ~lit] *= 0.4
+        else:
+            img[win] = img[win] * 0.45 + 0.15 * style.sky_horizon.astype(np.float32) * style.brightness
+    if style.road_mark > 0 and (lab == ROAD).any():  # dashed centre line, dashes even on the road
+        r = layout.road
+        t = dz
+        centre = r.vx + (r.bottom_x - r.vx) * t + r.curve * t * (1 - t)
+        half = r.top_half + (r.bottom_half - r.top_half) * t
+        dash = (np.abs(xs - centre) < half * 0.06) & (np.sin(2 * np.pi * 0.8 * zz) > 0) & (lab == ROAD)
+        dash &= dz > 0.05
+        img[dash] = img[dash] * (1 - style.road_mark) + style.road_mark * 0.85 * light[dash] * style.brightness
+
+    # --- sky: gradient zenith -> horizon, the sun's glow (and disc), stars at night
     t = np.clip(ys / hz, 0, 1) ** 0.8
     sky = (1 - t)[..., None] * style.sky_top.astype(np.float32) + t[..., None] * style.sky_horizon.astype(np.float32)
-    sky = np.broadcast_to(sky, (h, w, 3)).copy()
+    # the sky is brighter on the sun's side, most near the horizon
+    toward = np.clip(0.5 + (xs - 0.5) * np.sign(sdir), 0, 1) * abs(sdir) * t
+    sky = sky * (0.8 + 0.4 * toward)[..., None]
+    sun_y = hz * (1 - 0.9 * style.sun_elev)
+    d = np.sqrt(((xs - style.sun_x) * 1.5) ** 2 + (ys - sun_y) ** 2)
     if style.time in ("sunset", "dusk"):
-        d = np.sqrt(((xs - style.sun_x) * 1.5) ** 2 + (ys - hz) ** 2)
         sky += (np.exp(-d * 6)[..., None] * np.array([0.35, 0.2, 0.05], np.float32))
+    elif style.time == "day":
+        sky += np.exp(-d * 10)[..., None] * np.float32(0.25 * style.sun_share) * style.sun_color.astype(np.float32)
     if style.time == "night":  # stars: fixed normalised positions, one pixel each
         sy, sx = rng.uniform(0, 1, 120), rng.uniform(0, 1, 120)
         iy = np.minimum((sy * hz * h).astype(np.int64), h - 1)
@@ -559,49 +863,16 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
     is_sky = lab == SKY
     img[is_sky] = sky[is_sky]
     cloud = lab == CLOUD
-    if cloud.any():  # clouds brighter at the top, take the sky colour underneath
-        shade = np.clip(1.1 - 0.25 * (streak + 1) - 0.2 * fine, 0.6, 1.2)
+    if cloud.any():  # clouds: brighter on top and toward the sun, take the sky colour underneath
+        cx = _table([c.cx for c in layout.clouds], inst.cloud)
+        crx = _table([c.rx for c in layout.clouds], inst.cloud)
+        lit_side = np.clip((xs - cx) / np.maximum(crx, 1e-3), -1, 1) * sdir
+        shade = np.clip(1.1 - 0.25 * (streak + 1) - 0.2 * fine + 0.25 * lit_side, 0.5, 1.3)
         # clouds are lit like the ground but less (they scatter sky light): sqrt of the light
-        light = np.sqrt(style.tint * style.brightness).astype(np.float32)
-        cl = 0.75 * style.colors[CLOUD].astype(np.float32) * light * shade[..., None] + 0.25 * sky
+        lum = np.sqrt((style.tint * (1 - style.sun_share) + style.sun_color * style.sun_share)
+                      * style.brightness).astype(np.float32)
+        cl = 0.75 * style.colors[CLOUD].astype(np.float32) * lum * shade[..., None] + 0.25 * sky
         img[cloud] = cl[cloud]
-
-    # Water reflects the sky, brighter toward the horizon.
-    if water.any():
-        refl = np.clip(1 - (ys - layout.horizon) * 2, 0, 1) * 0.5
-        refl = np.broadcast_to(refl, (h, w))[..., None]
-        sea = img * (1 - refl) + refl * style.sky_horizon.astype(np.float32)
-        img[water] = sea[water]
-
-    # Aerial perspective: mountains and hills fade into the horizon colour, distant more.
-    for cls, amount in ((MOUNTAIN, style.haze), (SNOW, style.haze * 0.6), (HILL, style.haze * 0.45)):
-        m = (lab == cls) & (ys < layout.horizon)
-        if m.any():
-            # higher up the mountain (smaller y) means farther away: fade more toward the top
-            k = np.broadcast_to(amount * (0.7 + 0.3 * (1 - ys / hz)), (h, w))
-            hazed = img * (1 - k[..., None]) + k[..., None] * style.sky_horizon.astype(np.float32)
-            img[m] = hazed[m]
-
-    # Ground darkens slightly toward the viewer for depth; buildings get windows.
-    ground = (ys >= layout.horizon) & ~water
-    depth = np.clip((ys - layout.horizon) / max(1e-3, 1 - layout.horizon), 0, 1)
-    g = np.broadcast_to(ground, (h, w))
-    img[g] *= np.broadcast_to(1 - 0.2 * depth, (h, w))[g][:, None]
-    bld = lab == BUILDING
-    if bld.any():
-        ry, rx = style.window_grid
-        win = (((ys * ry) % 1.0) > 0.45) & (((xs * rx) % 1.0) > 0.4)
-        win = win & bld
-        if style.time in ("dusk", "night"):
-            lit = win & (coarse + fine * 0.5 > -0.1)
-            img[lit] = np.array([1.0, 0.85, 0.45], np.float32) * 2.5  # survives the dim light
-            img[win & ~lit] *= 0.4
-        else:
-            img[win] = img[win] * 0.45 + 0.15 * style.sky_horizon.astype(np.float32)
-
-    # Ambient light for everything except the sky dome (already coloured by the time of day).
-    not_sky = ~(is_sky | cloud)
-    img[not_sky] *= (style.tint * style.brightness).astype(np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

@@ -2,6 +2,9 @@
 
     msca train --config configs/demo.json [--steps N] [--out DIR] [--resume] [--set key=value]
     msca synthesize --label L.png --exemplar X.jpg --exemplar-label XL.png --out out.png
+    msca synthesize --label LABELS/ --exemplar X.jpg --exemplar-label XL.png --out OUT/
+    msca synthesize --pairs pairs.csv --out OUT/ [--device cuda] [--palette P.txt]
+    msca classes [--out palette.txt]
     msca swap --n 4 --out grid.png
     msca demo --out out/demo
     msca interpolate --out interp.png [--steps 6]       (procedural scenes, or your own files)
@@ -75,12 +78,64 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------------- apps
 def cmd_synthesize(args) -> int:
-    from msca.apps.synthesize import synthesize_files
-    synthesize_files(label=args.label, exemplar=args.exemplar,
-                     exemplar_label=args.exemplar_label, out=args.out,
-                     checkpoint=args.checkpoint or _repo_path(DEFAULT_CHECKPOINT),
-                     backend=args.backend, size=args.size, attention_out=args.attention)
-    print(f"msca synthesize: wrote {args.out}")
+    import warnings
+
+    from msca.apps.batch_inputs import jobs_from_csv, jobs_from_folder
+    from msca.apps.synthesize import synthesize_batch, synthesize_files
+    from msca.apps.working_size import WorkingSizeWarning
+
+    common = dict(checkpoint=args.checkpoint or _repo_path(DEFAULT_CHECKPOINT),
+                  backend=args.backend, size=args.size, device=args.device,
+                  palette=args.palette)
+    if args.pairs is not None and (args.label or args.exemplar or args.exemplar_label):
+        raise UserError("--pairs: a CSV of pairs replaces --label, --exemplar and "
+                        "--exemplar-label; give either the CSV or the files")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WorkingSizeWarning)
+        if args.pairs is not None or (args.label and os.path.isdir(args.label)):
+            if args.attention:
+                raise UserError("--attention: only for a single label map, not a batch")
+            jobs = (jobs_from_csv(args.pairs, args.out) if args.pairs is not None else
+                    jobs_from_folder(args.label, args.exemplar, args.exemplar_label, args.out))
+            written = synthesize_batch(jobs, **common)
+            print(f"msca synthesize: wrote {len(written)} images to {args.out}")
+        else:
+            for name in ("label", "exemplar"):
+                if not getattr(args, name):
+                    raise UserError(f"--{name}: missing (or give --pairs CSV)")
+            synthesize_files(label=args.label, exemplar=args.exemplar,
+                             exemplar_label=args.exemplar_label, out=args.out,
+                             attention_out=args.attention, **common)
+            print(f"msca synthesize: wrote {args.out}")
+        _print_warnings(caught)
+    return 0
+
+
+def _print_warnings(caught: list) -> None:
+    """Each recorded warning once, as one line on stderr."""
+    for w in caught:
+        print(f"msca: warning: {w.message}", file=sys.stderr)
+    caught.clear()
+
+
+def cmd_classes(args) -> int:
+    from msca.apps.class_legend import builtin_palette, legend_text
+    from msca.train.checkpoint import read_checkpoint
+    from msca.options import Options
+
+    path = args.checkpoint or _repo_path(DEFAULT_CHECKPOINT)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path!r}: no such file")
+    opt = Options.from_dict(read_checkpoint(path)["options"])
+    text = legend_text(builtin_palette(opt.dataset, opt.num_classes))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"msca classes: wrote the palette file {args.out}")
+    else:
+        print(f"# {os.path.basename(path)}: {opt.num_classes} classes, dataset {opt.dataset}, "
+              f"trained at {opt.crop_size}x{opt.crop_size}")
+        print(text, end="")
     return 0
 
 
@@ -219,18 +274,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "exemplar needs its own label map (--exemplar-label): the paper gets it "
                        "from a COCO-stuff DeepLab-v2 segmentation network, which is not part "
                        "of this package. Label PNGs hold class ids (0..num_classes-1; 255 = "
-                       "unlabelled), single channel.")
-    s.add_argument("--label", required=True, help="target label map PNG (class ids)")
-    s.add_argument("--exemplar", required=True, help="exemplar image (PNG/JPEG)")
+                       "unlabelled), single channel, or are colour pictures painted with the "
+                       "colours of `msca classes` (or of --palette FILE). Any size and aspect "
+                       "ratio: inputs are scaled to the working size (shorter side), padded, "
+                       "and the output restored to the label map's size. Batch: --label DIR "
+                       "(every PNG against one exemplar) or --pairs CSV, with --out DIR.")
+    s.add_argument("--label", help="target label map PNG, or a folder of them (batch)")
+    s.add_argument("--exemplar", help="exemplar image (PNG/JPEG)")
     s.add_argument("--exemplar-label", help="the exemplar's label map PNG (required)")
-    s.add_argument("--out", required=True, help="output PNG")
+    s.add_argument("--pairs", metavar="CSV", help="batch: a CSV with the columns label, "
+                   "exemplar, exemplar_label[, out] (paths relative to the CSV)")
+    s.add_argument("--out", required=True, help="output PNG (a folder in batch mode)")
     s.add_argument("--checkpoint", help=f"model checkpoint (default {DEFAULT_CHECKPOINT})")
     s.add_argument("--size", type=int, default=None,
-                   help="working resolution (default: the checkpoint's crop_size)")
+                   help="working size of the shorter side, a multiple of 16 (default: the "
+                   "size the model was trained at; others warn)")
+    s.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if torch sees one, else the CPU), cpu or cuda[:N]")
+    s.add_argument("--palette", help="palette file for colour label maps (lines 'id r g b "
+                   "name'; default the legend of `msca classes`)")
     s.add_argument("--attention", help="also write the attention maps of scale 0 here")
     s.add_argument("--backend", default=None,
                    help="kernel backend: auto (default), cpu, reference, ...")
     s.set_defaults(func=cmd_synthesize)
+
+    cl = sub.add_parser("classes", help="the class legend of a model: ids, names, colours",
+                        description="Print the class ids a model's label maps use, their "
+                        "names and the colours for colour label maps; --out writes them as a "
+                        "palette file for synthesize --palette.")
+    cl.add_argument("--checkpoint", help=f"model checkpoint (default {DEFAULT_CHECKPOINT})")
+    cl.add_argument("--out", help="write the legend as a palette file instead of printing it")
+    cl.set_defaults(func=cmd_classes)
 
     w = sub.add_parser("swap", help="style-structure swap grid (paper Fig. 9)",
                        description="Grid of N scenes: row r = the style of scene r (its "

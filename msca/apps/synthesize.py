@@ -2,6 +2,11 @@
 
     out = synthesize(G, label, exemplar, exemplar_label)            # tensors, batch
     synthesize_files(label="L.png", exemplar="X.jpg", exemplar_label="XL.png", out="o.png")
+    synthesize_batch([(label, exemplar, exemplar_label, out), ...], checkpoint="m.pt")
+
+Files of any size and aspect ratio go through msca.apps.working_size (scaled to the model's
+working size, padded, and restored afterwards); label maps may be colour pictures
+(msca.apps.class_legend).
 """
 from __future__ import annotations
 
@@ -77,32 +82,51 @@ def load_inputs(label: str, exemplar: str, exemplar_label: str | None, num_class
 
 def synthesize_files(*, label: str, exemplar: str, exemplar_label: str | None, out: str,
                      checkpoint: str, backend: str | None = None, size: int | None = None,
-                     attention_out: str | None = None) -> Image.Image:
+                     attention_out: str | None = None, device: str = "auto",
+                     palette: str | None = None) -> Image.Image:
     """Synthesize `label` in the style of `exemplar` with the model in `checkpoint`; write the
-    result (at the label map's own resolution) to `out`."""
-    from msca.train.checkpoint import load_generator
+    result, at the label map's own size and aspect ratio, to `out`. Label maps may be class
+    ids or colours (`palette`: a palette file; default the legend of `msca classes`)."""
+    from .working_size import load_model
 
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
-    G, opt = load_generator(checkpoint, backend)
-    size = size or opt.crop_size
-    if size < 16:
-        raise ValueError(f"--size: expected >= 16 (five scales), got {size}")
-    c1, x2, c2, hw = load_inputs(label, exemplar, exemplar_label, opt.num_classes, size,
-                                 opt.ignore_label)
-    result = synthesize(G, c1, x2, c2, return_attention=attention_out is not None)
-    image, attn = result if attention_out is not None else (result, None)
-    if tuple(image.shape[-2:]) != hw:
-        image = _resize_image(image[0], hw)[None]
-    pil = tensor_to_pil(image[0])
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    pil.save(out)
+    model = load_model(checkpoint, backend, size, device, palette)
+    image, attn, x2, c1 = model.run(label, exemplar, exemplar_label,
+                                    return_attention=attention_out is not None)
+    _save(image, out)
     if attention_out is not None:
         if attn[0] is None:
-            raise ValueError(f"--attention: the {opt.alignment!r} model has no attention maps")
+            raise ValueError(f"--attention: the {model.opt.alignment!r} model has no attention "
+                             "maps")
         alpha, beta = attn[0]
-        attention_figure(x2[0], c1[0], alpha[0], beta[0], opt.num_classes).save(attention_out)
-    return pil
+        attention_figure(x2[0], c1[0], alpha[0], beta[0], model.opt.num_classes
+                         ).save(attention_out)
+    return image
+
+
+def synthesize_batch(pairs, *, checkpoint: str, backend: str | None = None,
+                     size: int | None = None, device: str = "auto", palette: str | None = None,
+                     progress: bool = True) -> list[str]:
+    """Synthesize every (label, exemplar, exemplar_label, out) of `pairs` with one model load,
+    under a progress bar; returns the outputs written. A bad file stops the batch with an error
+    naming it (the outputs already written stay)."""
+    from tqdm import tqdm
+
+    from .working_size import load_model
+
+    pairs = list(pairs)
+    model = load_model(checkpoint, backend, size, device, palette)
+    written = []
+    for lab, ex, ex_lab, out in tqdm(pairs, desc="msca synthesize", unit="image",
+                                     disable=not progress):
+        image, _, _, _ = model.run(lab, ex, ex_lab)
+        _save(image, out)
+        written.append(out)
+    return written
+
+
+def _save(image: Image.Image, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    image.save(out)
 
 
 # --------------------------------------------------------------------------- figures

@@ -108,14 +108,11 @@ def E(request):
     yield emulator
     ran = sorted(emulator.launches)
     kernels = {k for k, _ in ran}
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
     line = (f"cuda emulator: {len(kernels)} of {len(emu.all_kernel_names())} CUDA kernels "
             f"executed on the CPU ({len(ran)} kernel/dtype pairs, "
             f"{sum(emulator.launches.values())} launches)")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    # printed when pytest has finished (and stopped capturing output)
+    request.config.add_cleanup(lambda: print(line))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)

@@ -151,14 +151,22 @@ class Layout:
     trees: Tuple[Tree, ...] = ()
 
     def label_map(self, h: int, w: int) -> np.ndarray:
+        return self.rasterise(h, w)[0]
+
+    def rasterise(self, h: int, w: int, instances: bool = False):
+        """(label map, instances or None).  ``instances`` adds the 1-based index (in this
+        layout's tuples) of the cloud / building / rock / tree visible at each pixel, 0 where
+        none: painted with the same masks as the labels, so the two agree exactly."""
         if h < 1 or w < 1:
             raise ValueError(f"label_map: expected h, w >= 1, got {(h, w)}")
         xs = ((np.arange(w) + 0.5) / w).astype(np.float64)
         ys = ((np.arange(h) + 0.5) / h).astype(np.float64)[:, None]
         lab = np.full((h, w), SKY, np.uint8)
+        inst = Instances(*(np.zeros((h, w), np.int16) for _ in range(4))) if instances else None
+        get = (lambda name: getattr(inst, name)) if instances else (lambda name: None)
 
-        for c in self.clouds:  # clouds only ever cover sky; later layers occlude them
-            _paint_blob(lab, c, CLOUD, xs, ys, only=SKY)
+        for i, c in enumerate(self.clouds):  # clouds only ever cover sky; later layers occlude
+            _paint_blob(lab, c, CLOUD, xs, ys, only=SKY, inst=get("cloud"), idx=i + 1)
         if self.far_mountain is not None:
             lab[ys >= self.far_mountain(xs)[None, :]] = MOUNTAIN
         if self.mountain is not None:
@@ -170,8 +178,8 @@ class Layout:
             lab[ys >= self.hill(xs)[None, :]] = HILL
         if self.treeline is not None:
             lab[ys >= self.treeline(xs)[None, :]] = TREE
-        for b in self.buildings:
-            _paint_building(lab, b, xs, ys)
+        for i, b in enumerate(self.buildings):
+            _paint_building(lab, b, xs, ys, inst=get("building"), idx=i + 1)
 
         below = np.broadcast_to(ys >= self.horizon, lab.shape)
         lab[below] = self.ground
@@ -185,13 +193,26 @@ class Layout:
             lab[below & (ys < shore)] = SEA
         for s in self.snow_patches:
             _paint_blob(lab, s, SNOW, xs, ys, only=self.ground)
-        for r in self.rocks:
-            _paint_blob(lab, r, ROCK, xs, ys, min_y=self.horizon)
+        for i, r in enumerate(self.rocks):
+            _paint_blob(lab, r, ROCK, xs, ys, min_y=self.horizon, inst=get("rock"), idx=i + 1)
         if self.road is not None:
             _paint_road(lab, self.road, self.horizon, xs, ys)
-        for t in sorted(self.trees, key=lambda t: t.base):  # far to near
-            _paint_tree(lab, t, xs, ys)
-        return lab
+        for i in sorted(range(len(self.trees)), key=lambda i: self.trees[i].base):  # far to near
+            _paint_tree(lab, self.trees[i], xs, ys, inst=get("tree"), idx=i + 1)
+        if instances:  # later layers (ground, sea, ...) painted over some instances
+            for m, cls in ((inst.tree, TREE), (inst.building, BUILDING), (inst.rock, ROCK),
+                           (inst.cloud, CLOUD)):
+                m[lab != cls] = 0
+        return lab, inst
+
+
+@dataclass
+class Instances:
+    """Per-pixel 1-based instance index of each kind (0: none); see Layout.rasterise."""
+    tree: np.ndarray
+    building: np.ndarray
+    rock: np.ndarray
+    cloud: np.ndarray
 
 
 def _span(lo, hi, n):
@@ -218,7 +239,7 @@ def _blob_mask(b: Blob, xs, ys):
     return (slice(i0, i1), slice(j0, j1)), r2 < lim * lim
 
 
-def _paint_blob(lab, b, cls, xs, ys, only=None, min_y=None):
+def _paint_blob(lab, b, cls, xs, ys, only=None, min_y=None, inst=None, idx=0):
     res = _blob_mask(b, xs, ys)
     if res is None:
         return
@@ -229,9 +250,11 @@ def _paint_blob(lab, b, cls, xs, ys, only=None, min_y=None):
     if min_y is not None:
         m = m & (ys[si] >= min_y)
     sub[m] = cls
+    if inst is not None:
+        inst[si, sj][m] = idx
 
 
-def _paint_building(lab, b, xs, ys, value=BUILDING):
+def _paint_building(lab, b, xs, ys, inst=None, idx=0):
     j0, j1 = _span(b.x0, b.x1, xs.shape[0])
     sel = (xs[j0:j1] >= b.x0) & (xs[j0:j1] <= b.x1)
     top = np.full(j1 - j0, b.top)
@@ -239,7 +262,9 @@ def _paint_building(lab, b, xs, ys, value=BUILDING):
         mid, half = 0.5 * (b.x0 + b.x1), 0.5 * (b.x1 - b.x0)
         top = b.top - b.roof * (1 - np.abs(xs[j0:j1] - mid) / half)
     m = sel[None, :] & (ys >= top[None, :]) & (ys <= b.bottom)
-    lab[:, j0:j1][m] = value
+    lab[:, j0:j1][m] = BUILDING
+    if inst is not None:
+        inst[:, j0:j1][m] = idx
 
 
 def _paint_road(lab, r: Road, horizon, xs, ys):
@@ -250,8 +275,7 @@ def _paint_road(lab, r: Road, horizon, xs, ys):
     lab[m] = ROAD
 
 
-def _paint_tree(lab, t: Tree, xs, ys, value=TREE):
-    # ``value``: the class for label maps, an instance number for render's instance maps
+def _paint_tree(lab, t: Tree, xs, ys, inst=None, idx=0):
     h, w = lab.shape
     trunk_h = t.height * (0.12 if t.conifer else 0.35)
     crown_bottom = t.base - trunk_h
@@ -259,7 +283,9 @@ def _paint_tree(lab, t: Tree, xs, ys, value=TREE):
     j0, j1 = _span(t.x - tw, t.x + tw, w)
     i0, i1 = _span(crown_bottom, t.base, h)
     m = (np.abs(xs[None, j0:j1] - t.x) <= tw) & (ys[i0:i1] >= crown_bottom - 0.01) & (ys[i0:i1] <= t.base)
-    lab[i0:i1, j0:j1][m] = value
+    lab[i0:i1, j0:j1][m] = TREE
+    if inst is not None:
+        inst[i0:i1, j0:j1][m] = idx
     if t.conifer:
         top = t.base - t.height
         j0, j1 = _span(t.x - t.width / 2, t.x + t.width / 2, w)
@@ -269,9 +295,11 @@ def _paint_tree(lab, t: Tree, xs, ys, value=TREE):
         saw = 0.75 + 0.25 * ((dy * 4) % 1.0)
         half = 0.5 * t.width * dy * saw
         m = (np.abs(xs[None, j0:j1] - t.x) <= half) & (dy >= 0) & (dy <= 1)
-        lab[i0:i1, j0:j1][m] = value
+        lab[i0:i1, j0:j1][m] = TREE
+        if inst is not None:
+            inst[i0:i1, j0:j1][m] = idx
     else:
-        _paint_blob(lab, t.crown, value, xs, ys)
+        _paint_blob(lab, t.crown, TREE, xs, ys, inst=inst, idx=idx)
 
 
 def sample_layout(rng: np.random.Generator) -> Layout:
@@ -577,36 +605,6 @@ def _fbm(rng, h, w, cy, cx, octaves=3):
     return _resample(lat / tot, h, w)
 
 
-@dataclass
-class _Instances:
-    """1-based index (in the layout's tuple) of the tree / building / rock / cloud visible at
-    each pixel, 0 where none.  Painted with label_map's own painters in its order, then masked
-    by the label, so it agrees with the label map exactly."""
-    tree: np.ndarray
-    building: np.ndarray
-    rock: np.ndarray
-    cloud: np.ndarray
-
-
-def _instances(layout: Layout, lab: np.ndarray) -> _Instances:
-    h, w = lab.shape
-    xs = (np.arange(w) + 0.5) / w
-    ys = ((np.arange(h) + 0.5) / h)[:, None]
-    maps = [np.zeros((h, w), np.int16) for _ in range(4)]
-    tree, bld, rock, cloud = maps
-    for i, c in enumerate(layout.clouds):  # first blob wins, like the label painter
-        _paint_blob(cloud, c, i + 1, xs, ys, only=0)
-    for i, b in enumerate(layout.buildings):
-        _paint_building(bld, b, xs, ys, value=i + 1)
-    for i, r in enumerate(layout.rocks):
-        _paint_blob(rock, r, i + 1, xs, ys, min_y=layout.horizon)
-    for i in sorted(range(len(layout.trees)), key=lambda i: layout.trees[i].base):
-        _paint_tree(tree, layout.trees[i], xs, ys, value=i + 1)
-    for m, cls in zip(maps, (TREE, BUILDING, ROCK, CLOUD)):
-        m[lab != cls] = 0
-    return _Instances(*maps)
-
-
 def _table(values, ids):
     """Per-pixel lookup of a per-instance value (index 0: no instance)."""
     return np.asarray([0.0] + list(values), np.float32)[ids]
@@ -674,8 +672,7 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
     carries the sun direction: sunlit and shaded sides of trees, rocks, buildings and mountain
     slopes, a horizontal gradient across the ground, cast shadows.  Then haze with distance,
     the sky dome, clouds, the sea's reflection and glitter, lit windows at night."""
-    lab = layout.label_map(h, w)
-    inst = _instances(layout, lab)
+    lab, inst = layout.rasterise(h, w, instances=True)
     rng = np.random.default_rng(style.seed)  # texture noise comes from the style only
     coarse = _fbm(rng, h, w, 3, 3)
     fine = _fbm(rng, h, w, 24, 24)
@@ -794,34 +791,38 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
              + style.sun_color.astype(np.float32) * style.sun_share * direct[..., None])
     img *= light * np.float32(style.brightness)
 
+    # Below, the effects that touch few pixels work on those pixels' indices only (speed).
     # ground: darker (and warmer) toward the viewer
     g = below & ~water
     near_mult = (1 - style.near_shade * dz[..., None]
                  + style.near_warm * 0.3 * dz[..., None] * np.array([1.0, 0.2, -1.0], np.float32))
-    img = np.where(g[..., None], img * near_mult, img)
+    gi = np.nonzero(g)
+    img[gi] *= near_mult[gi[0], 0]
 
     # --- water: the sky's reflection (stronger toward the horizon) and the sun's glitter path
+    hor = style.sky_horizon.astype(np.float32)
     if water.any():
-        refl = np.broadcast_to(np.clip(1 - (ys - layout.horizon) * 2, 0, 1) * 0.5, (h, w))[..., None]
-        sea = img * (1 - refl) + refl * style.sky_horizon.astype(np.float32)
-        glint = np.exp(-((xs - style.sun_x) / (0.02 + 0.1 * dz)) ** 2) * (0.5 + 0.5 * np.sin(
-            2 * np.pi * style.waves[1] * zz * 2 + 2 * streak)) * style.sun_share * (0.4 + 0.6 * low)
-        sea = sea + glint[..., None] * style.sun_color.astype(np.float32) * 0.5 * style.brightness
-        img[water] = sea[water]
+        wi = np.nonzero(water)
+        wy, wx, wdz, wzz = ys[wi[0], 0], xs[0, wi[1]], dz[wi[0], 0], zz[wi[0], 0]
+        refl = (np.clip(1 - (wy - layout.horizon) * 2, 0, 1) * 0.5)[:, None]
+        glint = np.exp(-((wx - style.sun_x) / (0.02 + 0.1 * wdz)) ** 2) * (0.5 + 0.5 * np.sin(
+            2 * np.pi * style.waves[1] * wzz * 2 + 2 * streak[wi])) * style.sun_share * (0.4 + 0.6 * low)
+        img[wi] = (img[wi] * (1 - refl) + refl * hor
+                   + glint[:, None] * style.sun_color.astype(np.float32) * 0.5 * style.brightness)
 
     # --- aerial perspective: distant things fade into the horizon colour
-    hor = style.sky_horizon.astype(np.float32)
     for cls, amount in ((MOUNTAIN, style.haze), (SNOW, style.haze * 0.6), (HILL, style.haze * 0.45)):
-        m = (lab == cls) & ~below
-        if m.any():  # higher up the mountain (smaller y) means farther away: fade more
-            k = np.broadcast_to(amount * (0.7 + 0.3 * (1 - ys / hz)), (h, w))[..., None]
-            img = np.where(m[..., None], img * (1 - k) + k * hor, img)
+        mi = np.nonzero((lab == cls) & ~below)
+        if mi[0].size:  # higher up the mountain (smaller y) means farther away: fade more
+            k = (amount * (0.7 + 0.3 * (1 - ys[mi[0], 0] / hz)))[:, None]
+            img[mi] = img[mi] * (1 - k) + k * hor
     far = np.broadcast_to(style.haze * 0.6 * (1 - dz) ** 4, (h, w))  # ground near the horizon
     if trees.any():  # trees by the distance of their foot
         tdz = np.clip((base - layout.horizon) / max(1e-3, 1 - layout.horizon), 0, 1)
         far = np.where(trees, style.haze * 0.5 * (1 - tdz) ** 4, far)
-    fade = (g | trees | bld)[..., None] * far[..., None]
-    img = img * (1 - fade) + fade * hor
+    fi = np.nonzero(g | trees | bld)
+    k = far[fi][:, None]
+    img[fi] = img[fi] * (1 - k) + k * hor
 
     # --- lit windows at night, dark glass by day
     if bld.any():
@@ -842,37 +843,47 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
         dash &= dz > 0.05
         img[dash] = img[dash] * (1 - style.road_mark) + style.road_mark * 0.85 * light[dash] * style.brightness
 
-    # --- sky: gradient zenith -> horizon, the sun's glow (and disc), stars at night
-    t = np.clip(ys / hz, 0, 1) ** 0.8
-    sky = (1 - t)[..., None] * style.sky_top.astype(np.float32) + t[..., None] * style.sky_horizon.astype(np.float32)
-    # the sky is brighter on the sun's side, most near the horizon
-    toward = np.clip(0.5 + (xs - 0.5) * np.sign(sdir), 0, 1) * abs(sdir) * t
-    sky = sky * (0.8 + 0.4 * toward)[..., None]
-    sun_y = hz * (1 - 0.9 * style.sun_elev)
-    d = np.sqrt(((xs - style.sun_x) * 1.5) ** 2 + (ys - sun_y) ** 2)
-    if style.time in ("sunset", "dusk"):
-        sky += (np.exp(-d * 6)[..., None] * np.array([0.35, 0.2, 0.05], np.float32))
-    elif style.time == "day":
-        sky += np.exp(-d * 10)[..., None] * np.float32(0.25 * style.sun_share) * style.sun_color.astype(np.float32)
-    if style.time == "night":  # stars: fixed normalised positions, one pixel each
-        sy, sx = rng.uniform(0, 1, 120), rng.uniform(0, 1, 120)
-        iy = np.minimum((sy * hz * h).astype(np.int64), h - 1)
-        ix = np.minimum((sx * w).astype(np.int64), w - 1)
-        sky[iy, ix] += (0.35 + 0.5 * rng.uniform(0, 1, 120) * (1 - sy))[:, None].astype(np.float32)
-    sky *= (1 + style.tex_amp[SKY] * coarse)[..., None]
-    is_sky = lab == SKY
-    img[is_sky] = sky[is_sky]
-    cloud = lab == CLOUD
-    if cloud.any():  # clouds: brighter on top and toward the sun, take the sky colour underneath
-        cx = _table([c.cx for c in layout.clouds], inst.cloud)
-        crx = _table([c.rx for c in layout.clouds], inst.cloud)
-        lit_side = np.clip((xs - cx) / np.maximum(crx, 1e-3), -1, 1) * sdir
-        shade = np.clip(1.1 - 0.25 * (streak + 1) - 0.2 * fine + 0.25 * lit_side, 0.5, 1.3)
-        # clouds are lit like the ground but less (they scatter sky light): sqrt of the light
-        lum = np.sqrt((style.tint * (1 - style.sun_share) + style.sun_color * style.sun_share)
-                      * style.brightness).astype(np.float32)
-        cl = 0.75 * style.colors[CLOUD].astype(np.float32) * lum * shade[..., None] + 0.25 * sky
-        img[cloud] = cl[cloud]
+    # --- sky: gradient zenith -> horizon, the sun's glow (and disc), stars at night; computed
+    # on the rows down to the lowest sky or cloud pixel only
+    is_sky, cloud = lab == SKY, lab == CLOUD
+    rows = np.nonzero((is_sky | cloud).any(axis=1))[0]
+    if rows.size:
+        r1 = int(rows[-1]) + 1
+        sy_, coarse_, fine_, streak_ = ys[:r1], coarse[:r1], fine[:r1], streak[:r1]
+        t = np.clip(sy_ / hz, 0, 1) ** 0.8
+        sky = (1 - t)[..., None] * style.sky_top.astype(np.float32) + t[..., None] * hor
+        # the sky is brighter on the sun's side, most near the horizon
+        toward = np.clip(0.5 + (xs - 0.5) * np.sign(sdir), 0, 1) * abs(sdir) * t
+        sky = sky * (0.8 + 0.4 * toward)[..., None]
+        sun_y = hz * (1 - 0.9 * style.sun_elev)
+        d = np.sqrt(((xs - style.sun_x) * 1.5) ** 2 + (sy_ - sun_y) ** 2)
+        if style.time in ("sunset", "dusk"):
+            sky += (np.exp(-d * 6)[..., None] * np.array([0.35, 0.2, 0.05], np.float32))
+        elif style.time == "day":
+            sky += (np.exp(-d * 10)[..., None] * np.float32(0.25 * style.sun_share)
+                    * style.sun_color.astype(np.float32))
+        if style.time == "night":  # stars: fixed normalised positions, one pixel each
+            sy, sx = rng.uniform(0, 1, 120), rng.uniform(0, 1, 120)
+            iy = np.minimum((sy * hz * h).astype(np.int64), h - 1)
+            ix = np.minimum((sx * w).astype(np.int64), w - 1)
+            gain = (0.35 + 0.5 * rng.uniform(0, 1, 120) * (1 - sy))[:, None].astype(np.float32)
+            keep = iy < r1
+            sky[iy[keep], ix[keep]] += gain[keep]
+        sky *= (1 + style.tex_amp[SKY] * coarse_)[..., None]
+        top = img[:r1]
+        m = is_sky[:r1]
+        top[m] = sky[m]
+        m = cloud[:r1]
+        if m.any():  # clouds: brighter on top and toward the sun, take the sky colour beneath
+            cx = _table([c.cx for c in layout.clouds], inst.cloud[:r1])
+            crx = _table([c.rx for c in layout.clouds], inst.cloud[:r1])
+            lit_side = np.clip((xs - cx) / np.maximum(crx, 1e-3), -1, 1) * sdir
+            shade = np.clip(1.1 - 0.25 * (streak_ + 1) - 0.2 * fine_ + 0.25 * lit_side, 0.5, 1.3)
+            # clouds are lit like the ground but less (they scatter sky light): sqrt of the light
+            lum = np.sqrt((style.tint * (1 - style.sun_share) + style.sun_color * style.sun_share)
+                          * style.brightness).astype(np.float32)
+            cl = 0.75 * style.colors[CLOUD].astype(np.float32) * lum * shade[..., None] + 0.25 * sky
+            top[m] = cl[m]
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

@@ -29,6 +29,9 @@ class Options:
     mask_hidden: typing.Optional[int] = None             # Eq. 6 MLP width (None: kernels' rule)
     alignment: str = "msca"           # "msca" | "gap" | "label_matching" (Table 1 ablations)
     feature_masking: bool = True      # False: "MSCA w/o fm"
+    # Learnable inverse temperature of both MSCA softmaxes, initialised to this value and
+    # folded into phi/psi (msca_kernels.nn.MSCA logit_scale); 0 = none, the paper's module.
+    attention_logit_scale: float = 0.0
     # "msca": the paper's generator (alignment above selects MSCA or an ablation);
     # "spade_vae": the global-style-code baseline of Table 1 (msca/models/style_code.py: an
     # exemplar encoder to (mu, logvar) and a SPADE generator on the target label and z).
@@ -54,6 +57,14 @@ class Options:
     lambda_vgg: float = 10.0          # SPADE's VGG loss weight
     lambda_kld: float = 0.05          # spade_vae: KL weight (SPADE's lambda_kld)
     decoder_loss_weights: tuple = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)  # Appendix G (ours)
+    # Self-supervised correspondence losses on each scale's attention (not in the paper; 0 =
+    # off): the exemplar's one-hot labels carried through alpha and beta, cross-entropy with
+    # the target's labels (lambda_corr_label), and its RGB carried the same way, L1 to the
+    # target image (lambda_corr_rgb); scales weighted equally. Full weight in MSCA
+    # pretraining, times corr_gan_factor in the GAN stages.
+    lambda_corr_label: float = 0.0
+    lambda_corr_rgb: float = 0.0
+    corr_gan_factor: float = 0.1
 
     # ------------------------------------------------------------------ data
     dataset: str = "procedural"       # "procedural" | "folder" | "cocostuff"
@@ -117,6 +128,11 @@ class Options:
             raise ValueError(f"crop_size: expected >= 16 (five scales), got {self.crop_size}")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
+        for name in ("attention_logit_scale", "lambda_corr_label", "lambda_corr_rgb",
+                     "corr_gan_factor"):
+            v = getattr(self, name)
+            if not v >= 0 or v == float("inf"):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v}")
 
     def replace(self, **changes) -> "Options":
         return dataclasses.replace(self, **changes)

@@ -1,6 +1,7 @@
 """nn.Module faces of the two ops: MSCA (paper Sec. 3.2) and a drop-in SPADE layer."""
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -19,11 +20,21 @@ class MSCA(tnn.Module):
     mask_mlp: the 2-layer MLP of Eq. 6 on [gap(Fc1), gap(Fc2)], followed by a sigmoid, that
     gates the K aggregated feature vectors (feature masking; feature_masking=False drops it,
     the "MSCA w/o fm" ablation of Table 1).
+
+    logit_scale: None (the paper's module) or a positive float s0 that adds two learnable
+    temperatures, `spatial_log_scale` and `channel_log_scale` (scalars, initialised to
+    log s0), multiplying the spatial and the channel logits. They are folded into phi/psi's
+    weights and biases before the fused op runs (s*(W x + b) = (s W) x + s b), so every
+    backend's kernel computes the sharper softmax at no extra cost; the caller's spatial_bias
+    / channel_bias are added unscaled. With s0 ~ 10 the maps start usefully peaked: at
+    PyTorch's default init the raw logits have std ~0.3, which leaves both softmaxes nearly
+    uniform and the module behaving like global average pooling.
     """
 
     def __init__(self, image_channels: int, label_channels_target: int,
                  label_channels_exemplar: int, k: int, *, mask_hidden: int | None = None,
-                 feature_masking: bool = True, backend: str = "auto"):
+                 feature_masking: bool = True, backend: str = "auto",
+                 logit_scale: float | None = None):
         super().__init__()
         for name, v in (("image_channels", image_channels),
                         ("label_channels_target", label_channels_target),
@@ -46,6 +57,38 @@ class MSCA(tnn.Module):
                 tnn.ReLU(inplace=True), tnn.Linear(hidden, k))
         else:
             self.mask_mlp = None
+        if logit_scale is not None:
+            if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale)
+                    and logit_scale > 0):
+                raise ValueError(f"logit_scale: expected None or a finite float > 0, "
+                                 f"got {logit_scale!r}")
+            init = math.log(float(logit_scale))
+            self.spatial_log_scale = tnn.Parameter(torch.tensor(init))
+            self.channel_log_scale = tnn.Parameter(torch.tensor(init))
+        else:
+            self.spatial_log_scale = None
+            self.channel_log_scale = None
+
+    def projections(self):
+        """(phi_weight, psi_weight, phi_bias, psi_bias) as the kernel sees them: the 1x1
+        convolutions' (K, C) weights and biases with the learned temperatures folded in."""
+        phi_w = self.phi.weight.flatten(1)
+        psi_w = self.psi.weight.flatten(1)
+        phi_b, psi_b = self.phi.bias, self.psi.bias
+        if self.spatial_log_scale is not None:
+            s = self.spatial_log_scale.exp()
+            phi_w = phi_w * s
+            phi_b = phi_b * s if phi_b is not None else None
+        if self.channel_log_scale is not None:
+            s = self.channel_log_scale.exp()
+            psi_w = psi_w * s
+            psi_b = psi_b * s if psi_b is not None else None
+        return phi_w, psi_w, phi_b, psi_b
+
+    def logit_scales(self) -> tuple[float, float]:
+        """The current (spatial, channel) temperatures' inverse, 1.0 where not learned."""
+        return tuple(1.0 if t is None else float(t.detach().exp())
+                     for t in (self.spatial_log_scale, self.channel_log_scale))
 
     def feature_mask(self, fc2: torch.Tensor, fc1: torch.Tensor) -> torch.Tensor | None:
         """The (B,K) gate of Eq. 6, or None without feature masking."""
@@ -55,10 +98,13 @@ class MSCA(tnn.Module):
         return torch.sigmoid(self.mask_mlp(pooled))
 
     def forward(self, fx2, fc2, fc1, *, spatial_bias=None, channel_bias=None,
-                return_attention=False):
-        mask = self.feature_mask(fc2, fc1)
-        return msca_attention(fx2, fc2, fc1, self.phi.weight, self.psi.weight, mask,
-                              self.phi.bias, self.psi.bias, spatial_bias=spatial_bias,
+                return_attention=False, mask=None):
+        """`mask`: a (B,K) gate replacing the module's own Eq. 6 mask (None: the module's)."""
+        if mask is None:
+            mask = self.feature_mask(fc2, fc1)
+        phi_w, psi_w, phi_b, psi_b = self.projections()
+        return msca_attention(fx2, fc2, fc1, phi_w, psi_w, mask,
+                              phi_b, psi_b, spatial_bias=spatial_bias,
                               channel_bias=channel_bias, return_attention=return_attention,
                               backend=self.backend)
 
@@ -66,7 +112,8 @@ class MSCA(tnn.Module):
         return (f"image_channels={self.image_channels}, label_channels_target="
                 f"{self.label_channels_target}, label_channels_exemplar="
                 f"{self.label_channels_exemplar}, k={self.k}, feature_masking="
-                f"{self.feature_masking}, backend={self.backend!r}")
+                f"{self.feature_masking}, backend={self.backend!r}, "
+                f"logit_scale={self.spatial_log_scale is not None}")
 
 
 class SPADE(tnn.Module):

@@ -34,7 +34,8 @@ def build_generator(opt, vgg: VGG19 | None = None):
         feature_masking=opt.feature_masking, ngf=opt.ngf, ngf_mults=opt.ngf_mults,
         spade_norm=opt.spade_norm, spade_hidden=opt.spade_hidden,
         spectral_norm=opt.spectral_norm_G, backend=opt.backend, vgg=vgg,
-        vgg_weights=opt.vgg_weights or None, init_type=opt.init_type, init_gain=opt.init_gain)
+        vgg_weights=opt.vgg_weights or None, init_type=opt.init_type, init_gain=opt.init_gain,
+        attention_logit_scale=opt.attention_logit_scale or None)
 
 
 def build_discriminator(opt) -> MultiscaleDiscriminator:

@@ -100,7 +100,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
                  spade_norm: str = "spadesyncbatch3x3", spade_hidden: int = 128,
                  spectral_norm: bool = True, backend: str = "auto",
                  vgg: VGG19 | None = None, vgg_weights: str | None = None,
-                 init_type: str = "xavier", init_gain: float = 0.02):
+                 init_type: str = "xavier", init_gain: float = 0.02,
+                 attention_logit_scale: float | None = None):
         super().__init__()
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment: expected one of {ALIGNMENTS}, got {alignment!r}")
@@ -132,7 +133,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
             n, m = self.image_feature_nc[i], self.label_feature_nc[i]
             if alignment == "msca":
                 align.append(mk.nn.MSCA(n, m, m, self.attention_k[i], mask_hidden=mask_hidden,
-                                        feature_masking=self.feature_masking, backend=backend))
+                                        feature_masking=self.feature_masking, backend=backend,
+                                        logit_scale=attention_logit_scale))
             elif alignment == "gap":
                 align.append(GAPAlignment())
             else:
@@ -218,14 +220,9 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
                 sb = spatial_bias[i] if spatial_bias is not None else None
                 cb = channel_bias[i] if channel_bias is not None else None
                 mask = masks[i] if masks is not None else None
-                if mask is None:
-                    res = m(fx2, fc2, fc1, spatial_bias=sb, channel_bias=cb,
-                            return_attention=return_attention)
-                else:  # the same computation with a caller-given Eq. 6 gate
-                    res = mk.msca_attention(fx2, fc2, fc1, m.phi.weight, m.psi.weight, mask,
-                                            m.phi.bias, m.psi.bias, spatial_bias=sb,
-                                            channel_bias=cb, return_attention=return_attention,
-                                            backend=m.backend)
+                # mask None: the module's own Eq. 6 gate; else the caller's
+                res = m(fx2, fc2, fc1, spatial_bias=sb, channel_bias=cb,
+                        return_attention=return_attention, mask=mask)
                 out, a = (res[0], (res[1], res[2])) if return_attention else (res, None)
             fx1.append(out)
             attn.append(a)
@@ -250,6 +247,13 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
             if i > 0:  # the block's upsampling (nearest, as SPADE's nn.Upsample)
                 x = F.interpolate(x, size=segs[i - 1].shape[-2:], mode="nearest")
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
+
+    def forward_with_features(self, label, exemplar, exemplar_label):
+        """(image, Features): the forward pass that also hands back the per-scale features, so
+        a trainer can put the correspondence losses on the same attention without a second
+        feature extraction."""
+        features = self.extract_features(label, exemplar, exemplar_label)
+        return self.synthesize(self.align(features), features.fc1), features
 
     def forward(self, label: torch.Tensor, exemplar: torch.Tensor,
                 exemplar_label: torch.Tensor, return_attention: bool = False):

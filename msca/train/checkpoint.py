@@ -85,5 +85,9 @@ def load_generator(path: str, backend: str | None = None, device="cpu"):
 
 def export_model(ckpt: dict, path: str) -> None:
     """Write the inference part of a training checkpoint (options + generator) atomically."""
-    atomic_save({"format": MODEL_FORMAT, "options": ckpt["options"], "G": ckpt["G"],
+    # The EMA weights when the run kept them (what an averaged GAN generator ships).
+    ema = ckpt.get("G_ema")
+    G = ema["shadow"] if ema is not None else ckpt["G"]
+    atomic_save({"format": MODEL_FORMAT, "options": ckpt["options"], "G": G,
+                 "ema": ema is not None,
                  "step": ckpt["step"], "train": ckpt.get("train", {})}, path)

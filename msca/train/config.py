@@ -33,6 +33,11 @@ class TrainSettings:
     lambda_l1: float = 0.0
     bf16: bool = False                # bfloat16 autocast for the forward passes
     grad_clip: float = 0.0            # 0: off
+    # Exponential moving average of G (0: off); the exported model ships the EMA weights.
+    ema_decay: float = 0.0
+    # Linear decay of the learning rate to 0 over the last stage (patch_global), as SPADE
+    # decays over its second half. False: constant lr (the paper states no schedule).
+    lr_decay: bool = False
 
     def validate(self) -> None:
         for name in ("steps", "checkpoint_every", "log_every", "train_scenes"):
@@ -40,6 +45,9 @@ class TrainSettings:
                 raise ValueError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
         if self.lambda_l1 < 0 or self.grad_clip < 0:
             raise ValueError("train.lambda_l1, train.grad_clip: expected >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay: expected a number in [0, 1), got "
+                             f"{self.ema_decay}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -42,10 +42,12 @@ import torch.nn.functional as F
 from msca.data.transforms import patch_pair_task, random_hflip, resize_pair
 from msca.models import (Task, VGGWeightsWarning, build_decoder, build_discriminator,
                          build_generator, build_loss, total)
+from msca.models.correspondence import correspondence_losses
 from msca.options import Options
 
 from .checkpoint import TRAIN_FORMAT, atomic_save, export_model, read_checkpoint
 from .config import TrainSettings
+from .ema import ModelEMA
 
 STAGES = ("pretrain", "patch", "patch_global")
 
@@ -169,6 +171,9 @@ class Trainer:
                                         list(self.decoder.parameters()), lr=opt.lr, betas=betas)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=opt.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=betas)
+        # An exponential moving average of G's weights (settings.ema_decay > 0): what the
+        # exported model ships, as averaged GAN generators are steadier than the last step.
+        self.ema = ModelEMA(self.G, settings.ema_decay) if settings.ema_decay > 0 else None
         self.dataset = build_dataset(opt, settings)
         self.order = ShardedOrder(len(self.dataset), opt.seed, self.rank, self.world)
         self.step = 0
@@ -191,13 +196,31 @@ class Trainer:
     def stage(self) -> str:
         return self.stage_at(self.step)
 
+    def lr_at(self, step: int) -> float:
+        """opt.lr, decayed linearly towards 0 over the last stage when settings.lr_decay
+        (SPADE's schedule for its second half); a pure function of the step, so a resumed run
+        continues the same schedule."""
+        lr = self.opt.lr
+        if self.settings.lr_decay and self.stage_at(step) == "patch_global":
+            span = max(self.settings.steps - self.patch_end, 1)
+            lr *= max(0.0, 1.0 - (step - self.patch_end) / span)
+        return lr
+
+    def _set_lr(self, stage: str) -> None:
+        lr = self.lr_at(self.step)
+        for o in (self.opt_G, self.opt_D) if stage != "pretrain" else (self.opt_pre,):
+            for g in o.param_groups:
+                g["lr"] = lr
+
     # ---------------------------------------------------------------- data
     def _batch(self, step: int, stage: str) -> dict:
         """One step's tensors. Randomness from (seed, step, rank) only (see module doc)."""
         opt = self.opt
         rng = np.random.default_rng([opt.seed, step, self.rank])
         idx = self.order.take(opt.batch_size)
-        late = stage == "patch_global"
+        # The enlarged crops belong to the global stage; the "w/o global" ablation
+        # (lambda_global = 0) drops both the global task and its crops.
+        late = stage == "patch_global" and opt.lambda_global > 0
         patch = opt.late_crop_size if late else opt.crop_size
         fields = {k: [] for k in ("image_p", "label_p", "image_q", "label_q", "image", "label")}
         for i in idx:
@@ -271,16 +294,21 @@ class Trainer:
             loss, per_scale = self.decoder.loss([p.float() for p in pred],
                                                 [t.float() for t in targets],
                                                 return_per_scale=True)
+            corr = correspondence_losses(self.G, feats, b["image_q"], b["image_p"],
+                                         lambda_label=self.opt.lambda_corr_label,
+                                         lambda_rgb=self.opt.lambda_corr_rgb)
+            loss = loss + sum(corr.values()) if corr else loss
         params = list(self.G.parameters()) + list(self.decoder.parameters())
         self._optimise(self.opt_pre, loss, params)
         out = {"pre/total": loss.detach()}
+        out.update({f"pre/{k}": v.detach() for k, v in corr.items()})
         out.update({f"pre/s{i}": v.detach() for i, v in enumerate(per_scale)})
         return out
 
     def _tasks(self, b: dict, late: bool):
         """(conditioning, real) per task: cross (Eq. 9) and, late, global (Eq. 10)."""
         tasks = {"cross": ((b["label_p"], b["image_q"], b["label_q"]), b["image_p"])}
-        if late:
+        if late and self.opt.lambda_global > 0:
             tasks["global"] = ((b["label"], b["image"], b["label"]), b["image"])
         return tasks
 
@@ -294,8 +322,18 @@ class Trainer:
         with torch.set_grad_enabled(update_g), self._autocast():
             g_tasks = {}
             klds = {}
+            corr_terms = {}
+            corr_w = self.opt.corr_gan_factor
             for name, ((c, x2, c2), real) in tasks.items():
-                fake = self.G(c, x2, c2)
+                if update_g and corr_w > 0 and hasattr(self.G, "forward_with_features"):
+                    fake, feats = self.G.forward_with_features(c, x2, c2)
+                    w = corr_w * (1.0 if name == "cross" else self.opt.lambda_global)
+                    for k, v in correspondence_losses(
+                            self.G, feats, x2, real, lambda_label=self.opt.lambda_corr_label,
+                            lambda_rgb=self.opt.lambda_corr_rgb).items():
+                        corr_terms[f"{name}/{k}"] = w * v
+                else:
+                    fake = self.G(c, x2, c2)
                 fakes[name] = fake
                 if getattr(self.G, "last_kld", None) is not None:  # the spade_vae baseline
                     klds[name] = self.G.last_kld
@@ -315,9 +353,12 @@ class Trainer:
                         w = 1.0 if name == "cross" else self.opt.lambda_global
                         g_losses[f"{name}/l1"] = (w * self.settings.lambda_l1 *
                                                   F.l1_loss(t.fake, t.real))
+                g_losses.update(corr_terms)
                 g_total = total(g_losses)
         if update_g:
             self._optimise(self.opt_G, g_total, self.G.parameters())
+            if self.ema is not None:
+                self.ema.update(self.G)
             losses.update({k: v.detach() for k, v in g_losses.items()})
             losses["G/total"] = g_total.detach()
         self.D.requires_grad_(True)
@@ -342,6 +383,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimisation step at self.step; returns the losses (floats)."""
         stage = self.stage
+        self._set_lr(stage)
         self.G.train()
         self.D.train()
         b = self._batch(self.step, stage)
@@ -411,6 +453,7 @@ class Trainer:
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "decoder": self.decoder.state_dict(),
+            "G_ema": self.ema.state_dict() if self.ema is not None else None,
             "opt_pre": self.opt_pre.state_dict(),
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
@@ -440,6 +483,10 @@ class Trainer:
         self.G.load_state_dict(ckpt["G"])
         self.D.load_state_dict(ckpt["D"])
         self.decoder.load_state_dict(ckpt["decoder"])
+        if self.ema is not None:
+            if ckpt.get("G_ema") is None:
+                raise ValueError(f"checkpoint {path!r}: has no EMA weights but ema_decay > 0")
+            self.ema.load_state_dict(ckpt["G_ema"])
         self.opt_pre.load_state_dict(ckpt["opt_pre"])
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])

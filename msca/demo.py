@@ -4,14 +4,19 @@ The procedural world gives what real data cannot: the exact ground truth of "lay
 style of scene B" (render(layout_A, style_B)). On N pairs of the *test* split (the training
 scenes come from the train split; the splits' seeds never coincide) this writes under OUT:
 
-  synthesis.png   one pair: label A, exemplar B, our output, both baselines, ground truth
-  attention.png   its K attention maps at scale 0: alpha over the exemplar, beta over the target
+  synthesis.png   one pair: label A, exemplar B, our output, ground truth, the GAP ablation and
+                  the no-learning baselines
+  attention.png   its K attention maps at scale 0 on an absolute colour scale: alpha over the
+                  exemplar, beta over the target
   swap_grid.png   style-structure swap of 4 test scenes (paper Fig. 9)
-  metrics.json    PSNR against the ground truth, per method (mean, std, per pair)
+  metrics.json    PSNR against the ground truth per column (mean, std, sem, per pair: the same
+                  pairs in the same order for every column), the model's paired difference to
+                  each column, PSNR split by target classes present in / absent from the
+                  exemplar, and the attention probe per scale (msca/eval/attention_probe.py)
 
-and prints the PSNR table: our model vs (i) the exemplar's mean colour per class pasted onto
-the target layout (a class absent from the exemplar gets the exemplar's mean colour) and
-(ii) the GAP ablation (alignment="gap", trained with the same config and steps).
+Columns: our model, the GAP ablation (alignment="gap", trained with the same config and
+steps), and the no-learning baselines of msca/eval/baselines.py (the exemplar's global mean
+colour, the per-class mean-colour paste, the class prior).
 """
 from __future__ import annotations
 
@@ -23,38 +28,88 @@ import time
 import torch
 
 from msca.data.transforms import colorize_labels, tensor_to_pil
+from msca.eval.attention_probe import AttentionProbe, format_probe
+from msca.eval.baselines import (class_mean_colour, class_prior, dataset_class_colours,
+                                 global_mean_colour)
+from msca.eval.class_presence import psnr_by_presence, summarise_presence
+from msca.eval.metrics import psnr
 
+from .apps.attention_figure import attention_figure
 from .apps.swap import procedural_scenes, swap_grid_image, swap_outputs
-from .apps.synthesize import attention_figure, labelled_row, synthesize
+from .apps.synthesize import labelled_row, synthesize
 
-
-def mean_colour_baseline(label: torch.Tensor, exemplar: torch.Tensor,
-                         exemplar_label: torch.Tensor) -> torch.Tensor:
-    """(B,H,W), (B,3,H2,W2), (B,H2,W2) -> (B,3,H,W): each target pixel of class k gets the
-    exemplar's mean colour over its class-k pixels, or the exemplar's global mean colour if the
-    exemplar has no class k."""
-    out = torch.empty(label.shape[0], 3, *label.shape[-2:], dtype=exemplar.dtype)
-    for b in range(label.shape[0]):
-        ex, el, lab = exemplar[b], exemplar_label[b], label[b]
-        img = ex.mean(dim=(1, 2))[:, None, None].expand(3, *lab.shape).clone()
-        for k in lab.unique().tolist():
-            m = el == k
-            if m.any():
-                img[:, lab == k] = ex[:, m].mean(dim=1)[:, None]
-        out[b] = img
-    return out
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per image PSNR in dB of [-1,1] images, on the [0,1] scale (peak 1)."""
-    mse = ((pred.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-12))
+# column key -> printed name; "model" first, the reference of every paired difference
+COLUMNS = {"model": "ours (MSCA)", "gap": "GAP ablation",
+           "global_mean": "exemplar mean colour", "mean_colour": "mean colour per class",
+           "class_prior": "class prior"}
+BASELINES = ("global_mean", "mean_colour", "class_prior")
 
 
 def _stats(values: list[float]) -> dict:
     t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": round(float(t.mean()), 3), "std": round(float(t.std()), 3),
+    std = float(t.std()) if t.numel() > 1 else 0.0
+    return {"mean": round(float(t.mean()), 3), "std": round(std, 3),
+            "sem": round(std / math.sqrt(t.numel()), 3),
             "per_pair": [round(v, 3) for v in values]}
+
+
+def _paired(model: list[float], other: list[float]) -> dict:
+    """The model minus a column on the same pairs: mean difference, its standard error, wins."""
+    d = torch.tensor(model, dtype=torch.float64) - torch.tensor(other, dtype=torch.float64)
+    sem = float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else 0.0
+    return {"mean_db": round(float(d.mean()), 3), "sem_db": round(sem, 3),
+            "model_wins": int((d > 0).sum()), "pairs": d.numel()}
+
+
+def _baselines(c1, x2, c2, ds_colours, ignore_label) -> dict:
+    return {"global_mean": global_mean_colour(c1, x2, c2),
+            "mean_colour": class_mean_colour(c1, x2, c2, ignore_label=ignore_label),
+            "class_prior": class_prior(c1, x2, c2, ds_colours, ignore_label=ignore_label)}
+
+
+def _figures(out: str, first: dict, G, opt, size: int) -> None:
+    lab = tensor_to_pil(torch.from_numpy(colorize_labels(first["c1"], opt.num_classes))
+                        .permute(2, 0, 1).float() / 127.5 - 1)
+    preds = first["preds"]
+    row = labelled_row([lab, tensor_to_pil(first["x2"]), tensor_to_pil(preds["model"]),
+                        tensor_to_pil(first["gt"])]
+                       + [tensor_to_pil(preds[k]) for k in ("gap",) + BASELINES],
+                       ["label A", "exemplar B", "ours", "ground truth", "GAP",
+                        "mean colour", "class mean", "class prior"])
+    row.save(os.path.join(out, "synthesis.png"))
+    if first["alpha"] is not None:
+        attention_figure(first["x2"], first["c1"], first["alpha"], first["beta"],
+                         opt.num_classes, scale=3).save(os.path.join(out, "attention.png"))
+    imgs, labs = procedural_scenes(4, size, seed=opt.seed + 1)
+    swap_grid_image(imgs, swap_outputs(G, imgs, labs)).save(os.path.join(out, "swap_grid.png"))
+
+
+def format_report(metrics: dict) -> str:
+    """The printed table: each column's PSNR, the model minus the column on the same pairs,
+    the PSNR over target classes present in / absent from the exemplar; then the probe."""
+    n, size = metrics["pairs"], metrics["size"]
+    split = metrics["psnr_db_by_exemplar_class"]
+    lines = [f"PSNR vs exact ground truth, {n} unseen test pairs at {size}x{size} "
+             f"(model - column: mean paired difference, its standard error, pairs the model "
+             f"wins; present/absent: PSNR over target pixels whose class the exemplar has / "
+             f"lacks, {split['model']['absent']['pairs']} pairs have absent classes, "
+             f"{100 * split['model']['absent_share_mean']:.1f}% of pixels):",
+             f"  {'column':<24} {'PSNR dB':>8} {'sem':>5} | {'model - column':>14} {'sem':>5} "
+             f"{'wins':>8} | {'present':>7} {'absent':>7}"]
+    for key, title in COLUMNS.items():
+        s, sp = metrics["psnr_db"][key], split[key]
+        cells = f"  {title:<24} {s['mean']:8.2f} {s['sem']:5.2f} | "
+        if key == "model":
+            cells += f"{'-':>14} {'':>5} {'':>8} | "
+        else:
+            p = metrics["model_minus"][key]
+            cells += (f"{p['mean_db']:+14.2f} {p['sem_db']:5.2f} "
+                      f"{p['model_wins']:>4}/{p['pairs']:<3} | ")
+        cells += " ".join(f"{sp[k]['mean']:7.2f}" if sp[k]["mean"] is not None else f"{'-':>7}"
+                          for k in ("present", "absent"))
+        lines.append(cells)
+    lines.append(format_probe(metrics["attention"]))
+    return "\n".join(lines)
 
 
 def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100,
@@ -76,9 +131,12 @@ def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100
                          f"{opt_gap.alignment!r}, expected 'gap'")
     size = opt.crop_size
     data = CrossScenePairs("test", size, pairs, seed=opt.seed)
+    ds_colours = dataset_class_colours(size, seed=opt.seed)     # the train split's
+    probe = AttentionProbe(opt.num_classes, opt.ignore_label)
     os.makedirs(out, exist_ok=True)
 
-    scores = {"model": [], "mean_colour": [], "gap": []}
+    scores = {k: [] for k in COLUMNS}
+    split = {k: {"present": [], "absent": [], "absent_share": []} for k in COLUMNS}
     first = None
     for start in range(0, pairs, batch):
         items = [data[i] for i in range(start, min(start + batch, pairs))]
@@ -87,50 +145,37 @@ def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100
         c2 = torch.stack([it["exemplar_label"] for it in items])
         gt = torch.stack([it["target"] for it in items])
         ours, attn = synthesize(G, c1, x2, c2, return_attention=True)
-        gap = synthesize(G_gap, c1, x2, c2)
-        base = mean_colour_baseline(c1, x2, c2)
-        for name, pred in (("model", ours), ("gap", gap), ("mean_colour", base)):
+        preds = {"model": ours, "gap": synthesize(G_gap, c1, x2, c2),
+                 **_baselines(c1, x2, c2, ds_colours, opt.ignore_label)}
+        for name, pred in preds.items():
             scores[name] += psnr(pred, gt).tolist()
+            for k, v in psnr_by_presence(pred, gt, c1, c2, opt.ignore_label).items():
+                split[name][k] += v.tolist()
+        probe.update(attn, c1, x2, c2, gt)
         if first is None:
-            first = dict(c1=c1[0], x2=x2[0], gt=gt[0], ours=ours[0], gap=gap[0], base=base[0],
-                         alpha=attn[0][0][0], beta=attn[0][1][0])
+            a0 = attn[0]
+            first = dict(c1=c1[0], x2=x2[0], gt=gt[0], preds={k: v[0] for k, v in preds.items()},
+                         alpha=a0[0][0] if a0 is not None else None,
+                         beta=a0[1][0] if a0 is not None else None)
 
-    # figures for the first pair
-    lab = tensor_to_pil(torch.from_numpy(colorize_labels(first["c1"], opt.num_classes))
-                        .permute(2, 0, 1).float() / 127.5 - 1)
-    row = labelled_row([lab, tensor_to_pil(first["x2"]), tensor_to_pil(first["ours"]),
-                        tensor_to_pil(first["gt"]), tensor_to_pil(first["gap"]),
-                        tensor_to_pil(first["base"])],
-                       ["label A", "exemplar B", "ours", "ground truth", "GAP",
-                        "mean colour"])
-    row.save(os.path.join(out, "synthesis.png"))
-    attention_figure(first["x2"], first["c1"], first["alpha"], first["beta"],
-                     opt.num_classes, scale=3).save(os.path.join(out, "attention.png"))
-    imgs, labs = procedural_scenes(4, size, seed=opt.seed + 1)
-    swap_grid_image(imgs, swap_outputs(G, imgs, labs)).save(os.path.join(out, "swap_grid.png"))
-
-    wins = {b: sum(m > o for m, o in zip(scores["model"], scores[b])) for b in
-            ("mean_colour", "gap")}
+    _figures(out, first, G, opt, size)
+    model_minus = {k: _paired(scores["model"], scores[k]) for k in COLUMNS if k != "model"}
     metrics = {
         "pairs": pairs, "split": "test", "size": size, "checkpoint": checkpoint,
         "gap_checkpoint": gap_checkpoint, "backend": G.backend,
         "psnr_db": {k: _stats(v) for k, v in scores.items()},
-        "model_beats_pairwise": {b: f"{w}/{pairs}" for b, w in wins.items()},
+        "model_minus": model_minus,
+        "model_beats_pairwise": {k: f"{p['model_wins']}/{pairs}"
+                                 for k, p in model_minus.items()},
+        "psnr_db_by_exemplar_class": {k: summarise_presence(v) for k, v in split.items()},
+        "attention": probe.summary(),
         "wall_s": round(time.time() - t0, 1),
     }
     with open(os.path.join(out, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=1)
         fh.write("\n")
 
-    names = {"model": "ours (MSCA)", "gap": "GAP ablation",
-             "mean_colour": "mean colour per class"}
-    print(f"PSNR vs exact ground truth, {pairs} unseen test pairs at {size}x{size}:")
-    for k in ("model", "gap", "mean_colour"):
-        s = metrics["psnr_db"][k]
-        sem = s["std"] / math.sqrt(pairs)
-        print(f"  {names[k]:<24} {s['mean']:6.2f} dB  (std {s['std']:.2f}, sem {sem:.2f})")
-    print(f"  ours better than mean colour on {wins['mean_colour']}/{pairs} pairs, than GAP "
-          f"on {wins['gap']}/{pairs}")
+    print(format_report(metrics))
     print(f"wrote {out}/synthesis.png, attention.png, swap_grid.png, metrics.json "
           f"({metrics['wall_s']} s)")
     return metrics

@@ -10,9 +10,13 @@ Tasks (paper Sec. 4; each gives a ground truth):
   duplicating  G(c, x, c) against x.
 
 Columns: every method whose checkpoint exists (the ablations trained with the same config and
-step count as the full model), plus a non-learned reference (the exemplar's mean colour per
-class pasted on the target layout); a missing checkpoint gives a "not trained" column. Metrics:
-msca/eval/metrics.py. LPIPS and FID only with their weight files.
+step count as the full model), plus the no-learning baselines of msca/eval/baselines.py (the
+exemplar's global mean colour, its mean colour per class pasted on the target layout, and the
+class prior, which needs the procedural dataset's class colours and so runs on procedural
+data only); a missing checkpoint gives a "not trained" column. Metrics: msca/eval/metrics.py.
+LPIPS and FID only with their weight files. Beside Table 1: every column's PSNR over target
+pixels whose class the exemplar has / lacks (msca/eval/class_presence.py), and for the MSCA
+columns the attention probe on the headline task (msca/eval/attention_probe.py).
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .attention_probe import AttentionProbe, format_probe
+from .baselines import class_mean_colour, class_prior, dataset_class_colours, global_mean_colour
+from .class_presence import psnr_by_presence, summarise_presence
 from .metrics import (UNAVAILABLE, LPIPS, InceptionFeatures, fid, psnr, ssim, style_loss,
                       target_gram_matrices)
 from .retrieval import color_correct, retrieve
@@ -53,7 +60,13 @@ METHODS = (
     Method("noglobal", "ours MSCA w/o global", "_noglobal", {"lambda_global": 0.0}),
     Method("full", "ours full", "", {}),
 )
-MEAN_COLOUR = Method("meancolour", "class mean colour (no learning)", "", {})
+# The no-learning columns, in the order they are shown (before the learned ones).
+NO_LEARNING = (
+    Method("globalmean", "exemplar mean colour (no learning)", "", {}),
+    Method("meancolour", "class mean colour (no learning)", "", {}),
+    Method("classprior", "class prior (no learning)", "", {}),
+)
+NO_LEARNING_KEYS = tuple(m.key for m in NO_LEARNING)
 # Options that may differ between columns without making the comparison unequal.
 _FREE_OPTIONS = {"backend", "name", "checkpoint_dir", "vgg_weights", "dataroot",
                  "num_workers"}
@@ -120,9 +133,18 @@ def _self_tasks(x, c, pool_x, pool_c, num_classes, *, k, color_correction,
 
 
 # --------------------------------------------------------------------------- models
-def mean_colour_baseline(label, exemplar, exemplar_label):
-    from msca.demo import mean_colour_baseline as f
-    return f(label, exemplar, exemplar_label)
+def baseline_function(key: str, ignore_label: int | None, dataset_colours=None):
+    """The no-learning column `key` as f(label, exemplar, exemplar_label) -> image."""
+    if key == "globalmean":
+        return global_mean_colour
+    if key == "meancolour":
+        return lambda c1, x2, c2: class_mean_colour(c1, x2, c2, ignore_label=ignore_label)
+    if key == "classprior":
+        if dataset_colours is None:
+            raise ValueError("dataset_colours: the class prior needs the dataset's class colours")
+        return lambda c1, x2, c2: class_prior(c1, x2, c2, dataset_colours,
+                                              ignore_label=ignore_label)
+    raise ValueError(f"key: expected one of {NO_LEARNING_KEYS}, got {key!r}")
 
 
 def _load_column(method: Method, path: str, config_opt, backend):
@@ -148,17 +170,19 @@ def _load_column(method: Method, path: str, config_opt, backend):
 
 
 @torch.no_grad()
-def _run(G, task: dict, batch: int, cache: dict | None = None) -> torch.Tensor:
-    """The column's outputs on one task, in batches. For generators with the MSCA feature
-    stage the exemplar's VGG features are computed once per task and batch and shared by all
-    columns whose frozen VGG is the same network (`cache`: fingerprint -> features)."""
+def _run(G, task: dict, batch: int, cache: dict | None = None, baseline=None,
+         probe: AttentionProbe | None = None) -> torch.Tensor:
+    """The column's outputs on one task, in batches (G None: the no-learning `baseline`
+    function). For generators with the MSCA feature stage the exemplar's VGG features are
+    computed once per task and batch and shared by all columns whose frozen VGG is the same
+    network (`cache`: fingerprint -> features). `probe`: fed the attention maps, if any."""
     outs = []
     n = task["label"].shape[0]
     for bi, s in enumerate(range(0, n, batch)):
         sl = slice(s, s + batch)
         c1, x2, c2 = task["label"][sl], task["exemplar"][sl], task["exemplar_label"][sl]
         if G is None:
-            outs.append(mean_colour_baseline(c1, x2, c2))
+            outs.append(baseline(c1, x2, c2).float())
             continue
         G.eval()
         if hasattr(G, "extract_features") and cache is not None:
@@ -166,7 +190,12 @@ def _run(G, task: dict, batch: int, cache: dict | None = None) -> torch.Tensor:
             if key not in cache:
                 cache[key] = G.vgg_features(x2)
             feats = G.extract_features(c1, x2, c2, vgg_features=cache[key])
-            outs.append(G.synthesize(G.align(feats), feats.fc1).float())
+            if probe is not None:
+                fx1, attn = G.align(feats, return_attention=True)
+                probe.update(attn, c1, x2, c2, task["target"][sl])
+            else:
+                fx1 = G.align(feats)
+            outs.append(G.synthesize(fx1, feats.fc1).float())
         else:
             outs.append(G(c1, x2, c2).float())
     return torch.cat(outs)
@@ -244,17 +273,25 @@ def evaluate(*, config: str = "demo", out: str = os.path.join("out", "eval", "ta
         tasks = procedural_tasks(size, pairs, pool, opt.seed, k=k,
                                  color_correction=color_correction)
     task_names = [t for t in TASKS if t in tasks]
+    headline = "cross-scene" if "cross-scene" in task_names else task_names[0]
+    # the class prior's dataset colours: the procedural train split (never a test scene)
+    ds_colours = None if dataroot else dataset_class_colours(size, seed=opt.seed)
     t_data = time.time() - t0
 
-    columns = [MEAN_COLOUR] + list(METHODS)
+    columns = list(NO_LEARNING) + list(METHODS)
     results: dict = {}
     feature_cache = {t: {} for t in task_names}
     gram_cache = {t: {} for t in task_names}
     for m in columns:
         entry = {"title": m.title, "status": "ok", "notes": []}
         results[m.key] = entry
-        G = None
-        if m is not MEAN_COLOUR:
+        G = baseline = None
+        if m.key in NO_LEARNING_KEYS:
+            if m.key == "classprior" and ds_colours is None:
+                entry["status"] = "procedural data only"
+                continue
+            baseline = baseline_function(m.key, opt.ignore_label, ds_colours)
+        else:
             path = (checkpoints or {}).get(m.key) or os.path.join(
                 ckdir, f"{opt.name}{m.suffix}.pt")
             entry["checkpoint"] = path
@@ -266,17 +303,25 @@ def evaluate(*, config: str = "demo", out: str = os.path.join("out", "eval", "ta
         entry["tasks"] = {}
         for name in task_names:
             task = tasks[name]
-            pred = _run(G, task, batch, feature_cache[name])
+            probe = (AttentionProbe(opt.num_classes, opt.ignore_label)
+                     if name == headline and getattr(G, "alignment", None) == "msca" else None)
+            pred = _run(G, task, batch, feature_cache[name], baseline, probe)
             sc = _scores(pred, task["target"], vgg, lpips_net, inception, batch,
                          gram_cache[name])
+            split = psnr_by_presence(pred, task["target"], task["label"],
+                                     task["exemplar_label"], opt.ignore_label)
             entry["tasks"][name] = {"per_image": {k2: v for k2, v in sc.items()
                                                   if isinstance(v, list)},
-                                    "summary": {k2: _summary(v) for k2, v in sc.items()}}
+                                    "summary": {k2: _summary(v) for k2, v in sc.items()},
+                                    "by_exemplar_class": summarise_presence(split)}
+            if probe is not None:
+                entry["attention"] = probe.summary()
         entry["wall_s"] = round(time.time() - tm, 1)
 
     res = {"config": config, "size": size, "pairs": tasks[task_names[0]]["label"].shape[0],
            "pool": None if dataroot else pool, "k": k, "color_correction": color_correction,
            "dataset": dataroot or "procedural test split", "tasks": task_names,
+           "headline_task": headline,
            "vgg": vgg.weights_source,
            "lpips": lpips_vgg16 and f"{lpips_vgg16} + {lpips_lin}" or UNAVAILABLE,
            "fid": fid_inception or UNAVAILABLE, "columns": results,
@@ -325,7 +370,8 @@ def format_table(res: dict) -> str:
                     continue
                 s = c["tasks"][task]["summary"][measure]
                 vals[key] = None if s is None else s["mean"]
-            learned = {k2: v for k2, v in vals.items() if v is not None and k2 != "meancolour"}
+            learned = {k2: v for k2, v in vals.items()
+                       if v is not None and k2 not in NO_LEARNING_KEYS}
             best = None
             if learned:
                 pick = max if HIGHER_IS_BETTER[measure] else min
@@ -333,19 +379,20 @@ def format_table(res: dict) -> str:
             cells = []
             for key, c in cols:
                 if c["status"] != "ok":
-                    cells.append("not trained")
+                    cells.append(c["status"])
                 elif vals[key] is None:
                     cells.append(UNAVAILABLE)
                 else:
                     f = _fmt(measure, vals[key])
                     cells.append(f"**{f}**" if key == best else f)
             lines.append(f"| {task} | {measure} {ARROWS[measure]} | " + " | ".join(cells) + " |")
-    steps = " | ".join(str(c.get("step", "-")) if c["status"] == "ok" else "not trained"
+    steps = " | ".join(str(c.get("step", "-")) if c["status"] == "ok" else c["status"]
                        for _, c in cols)
     lines.append(f"| training | steps | {steps} |")
-    lines += ["", _psnr_detail(res), "", "Notes:", ""]
-    lines.append(f"- Bold: the best learned column per row (the non-learned class-mean-colour "
-                 f"column is a reference, not ranked). Columns whose checkpoint does not exist "
+    lines += ["", _psnr_detail(res), "", _presence_detail(res), "", _probe_detail(res), "",
+              "Notes:", ""]
+    lines.append(f"- Bold: the best learned column per row (the no-learning columns are "
+                 f"references, not ranked). Columns whose checkpoint does not exist "
                  f"are marked 'not trained'; no number is estimated.")
     if "cross-scene" in res["tasks"]:
         lines.append("- cross-scene: G(c_A, x_B, c_B) against the exact ground truth "
@@ -396,7 +443,7 @@ def _psnr_detail(res: dict) -> str:
              "|---|---|---|---|---|---|"]
     for key, c in cols.items():
         if c["status"] != "ok":
-            lines.append(f"| {c['title']} | not trained | | | | |")
+            lines.append(f"| {c['title']} | {c['status']} | | | | |")
             continue
         v = torch.tensor(c["tasks"][task]["per_image"]["PSNR"], dtype=torch.float64)
         sem = float(v.std() / math.sqrt(n))
@@ -411,6 +458,41 @@ def _psnr_detail(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _presence_detail(res: dict) -> str:
+    """The headline task's PSNR per column over target pixels whose class the exemplar has
+    (present) and lacks (absent), each averaged over the pairs that have such pixels."""
+    task = res.get("headline_task", res["tasks"][0])
+    rows = [(c["title"], c["tasks"][task]["by_exemplar_class"]) for c in res["columns"].values()
+            if c["status"] == "ok"]
+    if not rows:
+        return ""
+    share = rows[0][1]["absent_share_mean"]
+    lines = [f"{task} PSNR over target pixels whose class the exemplar has (present) or lacks "
+             f"(absent; {100 * share:.1f}% of the pixels on average):", "",
+             "| column | present | pairs | absent | pairs |", "|---|---|---|---|---|"]
+    for title, b in rows:
+        cells = [_fmt("PSNR", b[k]["mean"]) + f" | {b[k]['pairs']}" for k in ("present", "absent")]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _probe_detail(res: dict) -> str:
+    """The attention probe of each MSCA column on the headline task."""
+    task = res.get("headline_task", res["tasks"][0])
+    parts = []
+    for c in res["columns"].values():
+        if c["status"] == "ok" and c.get("attention"):
+            parts += [f"{c['title']}, {task}:", "", "```", format_probe(c["attention"]), "```",
+                      ""]
+    if not parts:
+        return "(no attention probe: no MSCA column was run)"
+    return "\n".join(["Attention probe (msca/eval/attention_probe.py): RGB dB is the exemplar's "
+                      "colour carried through the scale's attention against the ground truth at "
+                      "that scale; ceiling: the per-class mean-colour paste there; uniform: the "
+                      "exemplar's mean colour (attention = global average pooling).", ""]
+                     + parts).rstrip()
+
+
 def _ranking(res: dict, task: str) -> str:
     """The learned columns trained for as many steps as the full model, by mean PSNR on the
     headline task: the comparison Table 1 is about (a column trained longer or shorter is not
@@ -419,10 +501,12 @@ def _ranking(res: dict, task: str) -> str:
     steps = cols["full"].get("step")
     ranked = sorted(((c["tasks"][task]["summary"]["PSNR"]["mean"], c["title"])
                      for k, c in cols.items()
-                     if c["status"] == "ok" and k != "meancolour" and c.get("step") == steps),
+                     if c["status"] == "ok" and k not in NO_LEARNING_KEYS
+                     and c.get("step") == steps),
                     reverse=True)
     others = [c["title"] for k, c in cols.items()
-              if c["status"] == "ok" and k != "meancolour" and c.get("step") != steps]
+              if c["status"] == "ok" and k not in NO_LEARNING_KEYS
+              and c.get("step") != steps]
     text = (f"Ranking on {task} PSNR of the learned columns trained for {steps} steps: "
             + " > ".join(f"{t} ({v:.2f})" for v, t in ranked) + ".")
     if others:

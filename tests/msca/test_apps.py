@@ -267,7 +267,7 @@ def test_retrieve_command(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- evaluate
 def test_evaluate_tiny(tmp_path, ckpt, capsys):
-    from msca.demo import mean_colour_baseline
+    from msca.eval.baselines import class_mean_colour as mean_colour_baseline
     from msca.eval.evaluate import evaluate, procedural_tasks
     from msca.eval.metrics import psnr
     cfg = tmp_path / "tiny.json"

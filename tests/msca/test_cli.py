@@ -175,7 +175,8 @@ def test_demo_writes_its_outputs(tmp_path, models, capsys):
     for f in ("swap_grid.png", "synthesis.png", "attention.png", "metrics.json"):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
-    assert m["pairs"] == 3 and set(m["psnr_db"]) == {"model", "gap", "mean_colour"}
+    assert m["pairs"] == 3 and set(m["psnr_db"]) == {"model", "gap", "global_mean",
+                                                      "mean_colour", "class_prior"}
     assert len(m["psnr_db"]["model"]["per_pair"]) == 3
     assert "mean colour per class" in stdout and "GAP" in stdout
     # the GAP slot must hold a GAP model
@@ -185,7 +186,8 @@ def test_demo_writes_its_outputs(tmp_path, models, capsys):
 
 
 def test_mean_colour_baseline_is_exact_on_flat_scenes():
-    from msca.demo import mean_colour_baseline, psnr
+    from msca.eval.baselines import class_mean_colour as mean_colour_baseline
+    from msca.eval.metrics import psnr
     lab = torch.tensor([[[0, 0], [1, 2]]])
     ex = torch.zeros(1, 3, 2, 2)
     ex[0, :, 0, :] = 0.5          # class 0 pixels

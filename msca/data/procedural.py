@@ -7,8 +7,25 @@ day, season).  Because ``render`` is a pure function of ``(layout, style, h, w)`
 "layout A in the style of scene B" is exactly ``render(layout_a, style_b, h, w)``: the ground
 truth that real datasets lack for example-guided synthesis across scenes (DESIGN.md sec. 6).
 
-Everything is vectorised numpy; value noise is evaluated as ``Wy @ grid @ Wx.T`` with sparse
-interpolation-weight matrices, so a 256x256 render costs a few milliseconds and the noise does
+Style is more than a colour per class, in ways a model can predict from (target layout,
+exemplar image + labels): a per-scene sun (side, elevation, colour, share of direct light)
+gives sunlit and shaded sides of trees, rocks, buildings and mountain slopes, a horizontal
+gradient across the ground and the sky, and shadows cast away from the sun; the ground darkens
+toward the viewer and hazes toward the horizon; structured textures (grass stripes, sand
+ripples, wave bands narrowing toward the horizon, rock strata, floor bands, roofs, road dashes,
+snow caps above a snow line) take amplitudes and frequencies from the style; each tree,
+building and rock instance gets a moderate colour jitter keyed by (style seed, its index).
+
+Measured with ``python -m msca.data.scene_stats`` (first 100 test pairs of
+``CrossScenePairs("test", 64)``, seed 0, as ``msca demo`` uses them), PSNR against the exact
+ground truth, before -> after this lighting and texture model:
+  exemplar's global mean colour everywhere          14.95 -> 15.67 dB
+  exemplar's per-class mean colour on the layout    19.16 -> 18.44 dB
+    (on target pixels whose class the exemplar has: 22.5 -> 20.9 dB)
+  oracle: the exemplar's style without texture      39.74 -> 38.02 dB
+
+Everything is vectorised numpy; value noise is a separable interpolation of small lattices,
+so a 128x128 render costs about 8 ms of CPU (5 ms before the lighting model) and the noise does
 not depend on the output resolution (a 128 and a 256 render of one scene agree up to sampling).
 """
 from __future__ import annotations
@@ -447,7 +464,7 @@ _SKY = {  # time -> list of (zenith, horizon) colours; the last "day" entry is o
 # range, exposure range).  The direct light is the sun (the moon at night); a low sun gives
 # strong sunlit/shaded sides and long shadows.
 _LIGHT = {
-    "day": ((0.78, 0.86, 1.05), (1.12, 1.06, 0.95), (0.45, 0.75), (0.3, 0.95), (1.0, 1.12)),
+    "day": ((0.72, 0.82, 1.05), (1.15, 1.07, 0.94), (0.55, 0.8), (0.3, 0.95), (1.0, 1.12)),
     "sunset": ((0.72, 0.66, 0.85), (1.45, 0.9, 0.52), (0.55, 0.8), (0.03, 0.2), (0.8, 0.95)),
     "dusk": ((0.72, 0.66, 0.95), (1.0, 0.65, 0.65), (0.15, 0.35), (0.0, 0.1), (0.6, 0.75)),
     "night": ((0.5, 0.6, 0.95), (0.75, 0.85, 1.1), (0.1, 0.3), (0.3, 0.8), (0.38, 0.52)),
@@ -547,7 +564,7 @@ def sample_style(rng: np.random.Generator) -> Style:
                  window_grid=(float(rng.uniform(20, 45)), float(rng.uniform(25, 60))),
                  sun_elev=float(rng.uniform(*elev)),
                  sun_color=np.clip(np.asarray(sun) + rng.normal(0, 0.04, 3), 0.1, 1.6),
-                 sun_share=sun_share, near_shade=float(rng.uniform(0.15, 0.5)),
+                 sun_share=sun_share, near_shade=float(rng.uniform(0.25, 0.6)),
                  near_warm=float(rng.uniform(-0.05, 0.2)),
                  instance_jitter=float(rng.uniform(0.03, 0.08)),
                  stripes=(float(rng.uniform(0.04, 0.18)) if rng.uniform() < 0.6 else 0.0,
@@ -736,7 +753,7 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
     low = 1.0 - style.sun_elev
     sdir = float(np.clip((style.sun_x - 0.5) * 3, -1, 1)) * (0.35 + 0.65 * low)
     flat = 0.45 + 0.55 * style.sun_elev
-    direct = np.broadcast_to(flat * (1 + 0.6 * sdir * (xs - 0.5) * 2), (h, w)).copy()
+    direct = np.broadcast_to(flat * (1 + 0.8 * sdir * (xs - 0.5) * 2), (h, w)).copy()
 
     def vertical(face):  # direct light on a surface whose horizontal facing is ``face``
         return np.clip(0.6 + 0.85 * face * sdir, 0.08, 1.6)
@@ -854,7 +871,7 @@ def render(layout: Layout, style: Style, h: int, w: int) -> np.ndarray:
         sky = (1 - t)[..., None] * style.sky_top.astype(np.float32) + t[..., None] * hor
         # the sky is brighter on the sun's side, most near the horizon
         toward = np.clip(0.5 + (xs - 0.5) * np.sign(sdir), 0, 1) * abs(sdir) * t
-        sky = sky * (0.8 + 0.4 * toward)[..., None]
+        sky = sky * (0.75 + 0.5 * toward)[..., None]
         sun_y = hz * (1 - 0.9 * style.sun_elev)
         d = np.sqrt(((xs - style.sun_x) * 1.5) ** 2 + (sy_ - sun_y) ** 2)
         if style.time in ("sunset", "dusk"):

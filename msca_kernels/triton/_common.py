@@ -20,6 +20,13 @@ from torch.library import triton_op, wrap_triton
 # Read once: triton itself decides at import whether it interprets.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+# Under the interpreter, float32 tl.dot rounds as on the GPU (tf32x3 is not exact), so that
+# precision bugs show in CI; see _interpreter_dot.
+if INTERPRET and os.environ.get("MSCA_TRITON_INTERPRET_EXACT_DOT") != "1":
+    from . import _interpreter_dot
+
+    _interpreter_dot.install()
+
 # tl.dot needs every dimension >= 16.
 MIN_DOT = 16
 
@@ -35,11 +42,9 @@ def dot_precision(dtype: torch.dtype) -> str:
     The kernels keep softmax weights and gradients in float32 and multiply them with float32
     operands; TF32 (triton's default) would cost ~1e-3 relative error, far outside the float32
     tolerance. On the GPU "tf32x3" (three TF32 products, error near float32's) keeps the tensor
-    cores; MSCA_TRITON_F32_DOT=ieee selects exact FMA products instead. The interpreter computes
-    every dot in numpy float32 whatever is asked, and accepts "ieee".
+    cores; MSCA_TRITON_F32_DOT=ieee selects exact FMA products instead. The interpreter asks
+    for the same and rounds like the GPU (_interpreter_dot).
     """
-    if INTERPRET:
-        return "ieee"
     return os.environ.get("MSCA_TRITON_F32_DOT", "tf32x3")
 
 

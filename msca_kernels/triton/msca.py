@@ -80,7 +80,8 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
                      N, M2, K, P2, S,
                      s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
                      HAS_SB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr):
+                     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr,
+                     V_PREC: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)
     offs_n = tl.arange(0, BLOCK_N)
@@ -117,7 +118,8 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
         scale = tl.exp(m_i - m_safe)
         p = tl.exp(a - m_safe[:, None])
         l_i = l_i * scale + tl.sum(p, axis=1)
-        acc = acc * scale[None, :] + tl.dot(x, tl.trans(p).to(dt), input_precision=DOT_PREC)
+        # V_PREC: exact products for float32 (see _v_precision).
+        acc = acc * scale[None, :] + tl.dot(x, tl.trans(p).to(dt), input_precision=V_PREC)
         m_i = m_new
 
     part = b * S + pid
@@ -347,6 +349,19 @@ _bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
 _MIN_TILE = 32 if not _common.INTERPRET else 16
 
 
+def _v_precision(dtype: torch.dtype) -> str:
+    """input_precision of the forward's V = x p^T dot.
+
+    "ieee" for float32: the backward's c[k] = sum_n dV[n,k] V[n,k] must cancel dalpha[k, j*] =
+    sum_n dV[n,k] x[n, j*] at a peaked softmax (p one-hot), which needs V[:, k] to be exactly
+    x[:, j*]. tf32x3 drops the lo*lo term, V is then off by ~2^-21 relative, and the gradient of
+    fc2 at logits of 1e4 was off by 3.7e-3 (tests/msca_kernels/test_msca.py::
+    test_large_logits_stay_finite under the GPU-rounding interpreter). One dot of N x K per
+    position on FMA units is cheap next to the memory traffic. float16/bfloat16 operands are
+    exact products anyway."""
+    return "ieee" if dtype == torch.float32 else _common.dot_precision(dtype)
+
+
 def _strides3(t: Optional[torch.Tensor]) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -381,7 +396,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
         fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
-        **_fwd_meta)
+        V_PREC=_v_precision(fx2.dtype), **_fwd_meta)
     V = torch.empty((B, N, K), **f32)
     lse = torch.empty((B, K), **f32)
     _common.launch(_msca_merge_kernel, (B,), vp, mp, lp, V, lse, N, K, S, BLOCK_N=BN, BLOCK_K=BK)

@@ -2,8 +2,9 @@
 
     python -m msca.train.plot OUT.png LOG.jsonl[:label] [LOG2.jsonl[:label] ...]
 
-One panel per loss term (pretraining decoder L1, cross-reconstruction L1 and VGG, global VGG,
-D total), each curve a moving average over 10 log records, stage boundaries dotted.
+One panel per loss term (pretraining total and its correspondence terms, the reconstruction L1s,
+the correspondence term of the GAN stages, D feature matching, D total), each curve a moving
+average over 10 log records, stage boundaries dotted; a term a run did not log says so.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from PIL import Image, ImageDraw
 
 from .trainer import read_log
 
-PANELS = (("pre/total", "pretraining: feature decoder L1"),
+PANELS = (("pre/total", "pretraining: decoder L1 + correspondence, total"),
+          ("pre/corr_label", "pretraining: label transfer through attention (CE)"),
+          ("pre/corr_rgb", "pretraining: colour warp through attention (L1)"),
           ("cross/l1", "patch cross-reconstruction: 10 x L1"),
-          ("cross/vgg", "patch cross-reconstruction: VGG"),
-          ("global/vgg", "global self-reconstruction: VGG"),
+          ("cross/corr_label", "cross: label transfer (x corr_gan_factor)"),
+          ("global/l1", "global self-reconstruction: 10 x L1"),
           ("cross/feat", "cross: D feature matching"),
           ("D/total", "discriminator hinge, total"))
 COLOURS = ((200, 40, 40), (30, 90, 200), (20, 150, 60), (160, 60, 160))

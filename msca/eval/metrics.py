@@ -3,6 +3,15 @@
 All take images as (B,3,H,W) tensors in [-1,1] (the generator's range) and return one value
 per image (PSNR, SSIM, style loss, LPIPS) or one value per set (FID).
 
+Where a well-kept library computes the same measure, a test checks that ours agrees with it on
+the same inputs (tests/msca/test_metrics_agree_with_libraries.py): PSNR with torchmetrics
+(to 1e-6 dB), SSIM with torchmetrics' SSIM map over the same 'valid' windows (to 1e-6;
+torchmetrics' own mean also counts reflection-padded border windows, within 0.02 of ours on
+32x40 images), the Frechet distance with scipy.linalg.sqrtm's formula (relative 1e-7). They
+are kept here rather than imported so the evaluation has no dependency beyond torch: the
+libraries are test requirements only. LPIPS and FID need pretrained weights that the libraries
+would download; ours read them from local files.
+
 - PSNR: on the [0,1] scale, peak 1, per image.
 - SSIM: Wang et al. 2004, Gaussian window 11x11 with sigma 1.5, K1 = 0.01, K2 = 0.03, on [0,1]
   per channel ('valid' windows only, no padding), averaged over channels and positions.

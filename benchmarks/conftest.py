@@ -8,7 +8,7 @@ test at a time, so the output lists only what ran.
 
 `run_case` (a fixture) does the timing with benchmark.pedantic, then one extra call for peak
 memory, and fills benchmark.extra_info with what the report needs: the bytes the op must move
-at least (DESIGN.md sections 2 and 3), achieved GB/s against the copy bandwidth measured in
+at least (docs/design.md sections 2 and 3), achieved GB/s against the copy bandwidth measured in
 this session, and peak memory with and without the outputs and gradients the caller keeps.
 """
 from __future__ import annotations

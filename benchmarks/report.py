@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-MB = 1e6  # decimal, like DESIGN.md's "268 MB"
+MB = 1e6  # decimal, like docs/design.md's "268 MB"
 
 
 def cpu_model() -> str:
@@ -295,7 +295,7 @@ def render(data: dict, json_path: str = "", argv: list[str] | None = None) -> st
     lines += ["", "### How to read this", "",
               "- median over the pedantic rounds; speed-up = reference median / median, both "
               "measured in this run on the same device.",
-              "- GB/s = the op's minimum traffic / median. MSCA (DESIGN.md sec. 2): forward reads "
+              "- GB/s = the op's minimum traffic / median. MSCA (docs/design.md sec. 2): forward reads "
               "fx2, fc2, fc1 and writes out; backward reads fx2, fc2, fc1, dO and writes dfx2, "
               "dfc2, dfc1 (268 MB and 470 MB at 512x512). SPADE, in x-sized tensors, each input "
               "read once and each output written once: forward 4 (x, gamma, beta; out), "

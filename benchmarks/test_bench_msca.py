@@ -1,6 +1,6 @@
 """MSCA attention: every available backend against the naive einsum reference.
 
-The DESIGN.md benchmark shape: B=1, N=M1=M2=64, K=16, float32, mask and phi/psi biases present,
+The docs/design.md benchmark shape: B=1, N=M1=M2=64, K=16, float32, mask and phi/psi biases present,
 no spatial/channel bias; exemplar and target the same size. Three modes:
   fwd    forward only, under no_grad (inference: the reference keeps nothing for backward)
   bwd    backward only; the forward runs in the untimed per-round set-up
@@ -44,7 +44,7 @@ def make_inputs(size: int, device: torch.device, dtype=torch.float32) -> dict:
 
 
 def traffic(inp: dict, mode: str) -> int:
-    """Minimum bytes moved (DESIGN.md section 2), from the actual shapes.
+    """Minimum bytes moved (docs/design.md section 2), from the actual shapes.
 
     Forward reads fx2, fc2, fc1 and writes out; backward reads fx2, fc2, fc1 and dO and writes
     dfx2, dfc2, dfc1. Weights, biases and the mask are a few KB and are left out.

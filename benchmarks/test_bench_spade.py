@@ -17,7 +17,7 @@ from .memory import mode_callables, tensor_bytes
 
 B, C, SIZE = 1, 64, 512
 
-# Tensor-sized passes of the fused design (DESIGN.md section 3), counted in x-sized tensors:
+# Tensor-sized passes of the fused design (docs/design.md section 3), counted in x-sized tensors:
 #   forward : statistics pass reads x (1); apply pass reads x, gamma, beta, writes out (4)
 #   backward: reduction pass reads dy, gamma, x (3); elementwise pass reads dy, gamma, x and
 #             writes dx, dgamma (5); dbeta is dy itself, nothing written
@@ -59,7 +59,7 @@ def test_spade_512(run_case, target, mode, norm):
     else:
         def kept():
             # out plus the gradients that are new memory. A fused backward may hand dy itself
-            # back as dbeta (DESIGN.md: "dbeta = dy"), and then beta.grad shares dy's storage
+            # back as dbeta (docs/design.md: "dbeta = dy"), and then beta.grad shares dy's storage
             # and costs nothing; counting it anyway would make "peak beyond" negative.
             dy = grad_out.untyped_storage().data_ptr()
             return tensor_bytes(x) + sum(tensor_bytes(t.grad) for t in leaves

@@ -88,7 +88,7 @@ def _validate(fx2, fc2, fc1, phi_weight, psi_weight, mask, phi_bias, psi_bias, s
 def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=None,
                    psi_bias=None, *, spatial_bias=None, channel_bias=None,
                    return_attention=False, backend="auto"):
-    """Masked spatial-channel attention (paper Eqs. 4-8; DESIGN.md section 2).
+    """Masked spatial-channel attention (paper Eqs. 4-8; docs/design.md section 2).
 
     fx2 (B,N,H2,W2) exemplar image features, fc2 (B,M2,H2,W2) exemplar label features,
     fc1 (B,M1,H1,W1) target label features; phi_weight (K,N+M2), psi_weight (K,M1) (1x1

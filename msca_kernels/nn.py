@@ -122,7 +122,7 @@ class SPADE(tnn.Module):
     Constructor as there: SPADE(config_text, norm_nc, label_nc), config_text
     'spade{batch|syncbatch|instance}{ks}x{ks}', hidden width 128; the same submodule names
     (param_free_norm, mlp_shared.0, mlp_gamma, mlp_beta), so their state_dicts load with
-    strict=True. SPADE(norm_nc, label_nc, config_text=...) is accepted too (DESIGN.md section 4
+    strict=True. SPADE(norm_nc, label_nc, config_text=...) is accepted too (docs/design.md section 4
     lists that order). The normalisation runs in the fused spade_norm kernel; param_free_norm is
     kept as a real BatchNorm2d/InstanceNorm2d so its buffers, momentum and eps behave as before.
     """

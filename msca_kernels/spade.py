@@ -69,7 +69,7 @@ def _validate(x, gamma, beta, mode, eps, running_mean, running_var, momentum, tr
 
 def spade_norm(x, gamma, beta, *, mode="batch", eps=1e-5, running_mean=None, running_var=None,
                momentum=0.1, training=True, backend="auto"):
-    """out = (x - mean) * rstd * (1 + gamma) + beta (DESIGN.md section 3).
+    """out = (x - mean) * rstd * (1 + gamma) + beta (docs/design.md section 3).
 
     x, gamma, beta: (B,C,H,W). mode 'batch': statistics per channel over (B,H,W); in training
     they come from the batch and update running_mean/running_var in place when given, in

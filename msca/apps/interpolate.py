@@ -3,7 +3,7 @@
 Both put the two exemplars side by side: their features Fx2, Fc2 (extracted from each
 exemplar on its own, so no VGG receptive field crosses the seam) are concatenated along the
 width at every scale, and the MSCA logits are biased through the kernels' public API
-(`spatial_bias`, `channel_bias`, DESIGN.md section 2).
+(`spatial_bias`, `channel_bias`, docs/design.md section 2).
 
 Style interpolation, factor a in [0, 1] (a = 1: exemplar A only, a = 0: exemplar B only), the
 paper's alpha_2 := alpha_2 + log(a / (1 - a)) on A's half of the spatial logits. Softmax is

@@ -5,7 +5,7 @@ A scene is ``Layout x Style``.  The layout is a resolution-independent geometric
 decides *what* is where; the style decides *how it looks* (class colours, textures, time of
 day, season).  Because ``render`` is a pure function of ``(layout, style, h, w)``, the image of
 "layout A in the style of scene B" is exactly ``render(layout_a, style_b, h, w)``: the ground
-truth that real datasets lack for example-guided synthesis across scenes (DESIGN.md sec. 6).
+truth that real datasets lack for example-guided synthesis across scenes (docs/design.md sec. 6).
 
 Style is more than a colour per class, in ways a model can predict from (target layout,
 exemplar image + labels): a per-scene sun (side, elevation, colour, share of direct light)

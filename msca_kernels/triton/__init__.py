@@ -1,4 +1,4 @@
-"""Triton backend of msca_kernels (DESIGN.md sections 2-3): one module per op, each holding its
+"""Triton backend of msca_kernels (docs/design.md sections 2-3): one module per op, each holding its
 kernels, host function and autograd registration.
 
 Importing needs triton but no GPU: the kernels compile at their first launch. On CPU tensors

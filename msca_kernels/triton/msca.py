@@ -1,4 +1,4 @@
-"""MSCA attention in Triton (DESIGN.md section 2): kernels, host functions, autograd.
+"""MSCA attention in Triton (docs/design.md section 2): kernels, host functions, autograd.
 
 Forward, two passes plus a tiny merge:
   _msca_fwd_kernel       split reduction over exemplar tiles. Each program streams a share of

@@ -1,4 +1,4 @@
-"""SPADE denormalisation in Triton (DESIGN.md section 3): kernels, host function, autograd.
+"""SPADE denormalisation in Triton (docs/design.md section 3): kernels, host function, autograd.
 
 x, gamma, beta arrive as (B, C, P) contiguous. A *group* is what one mean and rstd describe:
 channel c over (B, P) in batch mode, (b, c) over P in instance mode. Each group is cut into CH

@@ -111,7 +111,7 @@ def test_spade_bad_input(over, exc, msg):
 
 
 def test_float64_is_refused_and_auto_avoids_triton():
-    # the kernels accumulate in float32; float64 must be computed in float64 (DESIGN.md sec. 4)
+    # the kernels accumulate in float32; float64 must be computed in float64 (docs/design.md sec. 4)
     t = _to_dev({k: v.double() for k, v in good().items()})
     with pytest.raises(TypeError, match="backend: 'triton' supports"):
         mk.msca_attention(**t, backend="triton")

@@ -14,7 +14,7 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(msca_kernels, m) {
-  // MSCA attention (DESIGN.md section 2). Inputs are contiguous and flattened:
+  // MSCA attention (docs/design.md section 2). Inputs are contiguous and flattened:
   //   fx2 (B,N,P2), fc2 (B,M2,P2), fc1 (B,M1,P1), phi_weight (K,N+M2), phi_bias (K),
   //   psi_weight (K,M1), psi_bias (K), mask (B,K), spatial_bias (B,K,P2)?, channel_bias (B,K,P1)?
   // Returns out (B,N,P1) in the input dtype, V (B,N,K) un-masked and lse (B,K), both in the
@@ -33,7 +33,7 @@ TORCH_LIBRARY(msca_kernels, m) {
       "Tensor? channel_bias, Tensor V, Tensor lse, bool need_spatial_bias_grad, "
       "bool need_channel_bias_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor)");
-  // SPADE denormalization (DESIGN.md section 3). x, gamma, beta (B,C,P) contiguous.
+  // SPADE denormalization (docs/design.md section 3). x, gamma, beta (B,C,P) contiguous.
   // instance=false: statistics per channel over (B,P), mean/rstd of shape (C,);
   // instance=true: per (b,c) over P, shape (B,C). When mean and rstd are given (evaluation
   // with running statistics) they are used instead of batch statistics and returned as copies.

@@ -1,5 +1,5 @@
 // CPU kernels of msca_kernels::msca_fwd / msca_bwd (schemas in csrc/ops.cpp, math in
-// DESIGN.md section 2). This file is only the at::Tensor binding: argument checks, output
+// docs/design.md section 2). This file is only the at::Tensor binding: argument checks, output
 // allocation, dtype dispatch. The fused loops are in msca_cpu_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

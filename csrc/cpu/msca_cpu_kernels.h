@@ -1,4 +1,4 @@
-// Raw CPU kernels of MSCA attention (DESIGN.md section 2): functions on raw pointers and sizes,
+// Raw CPU kernels of MSCA attention (docs/design.md section 2): functions on raw pointers and sizes,
 // templated on the scalar type, which is also the accumulation type (float32 accumulates in
 // float32, float64 in float64). No at::Tensor in here; the bindings are in msca_cpu.cpp.
 //
@@ -411,7 +411,7 @@ void softmax_over_rows(T* S, int64_t K, int64_t ld, int64_t n) {
 }
 
 // Backward of softmax over k, in place on D: D = beta * (D - sum_k beta * D), the formula of
-// DESIGN.md section 2 as written. (Evaluating it relative to the peak channel's dbeta avoids a
+// docs/design.md section 2 as written. (Evaluating it relative to the peak channel's dbeta avoids a
 // cancellation when beta is peaked and is more accurate there, but then disagrees with the
 // einsum reference, which cancels the same way this does, and the tests compare against it.)
 template <typename T>

@@ -1,5 +1,5 @@
 // CPU kernels of msca_kernels::spade_norm_fwd / spade_norm_bwd (schemas in csrc/ops.cpp, math
-// in DESIGN.md section 3). This file is only the at::Tensor binding: argument checks, output
+// in docs/design.md section 3). This file is only the at::Tensor binding: argument checks, output
 // allocation, dtype dispatch. The fused loops are in spade_cpu_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -1,4 +1,4 @@
-// Raw loops of the fused SPADE denormalisation (DESIGN.md section 3) on contiguous (B,C,P)
+// Raw loops of the fused SPADE denormalisation (docs/design.md section 3) on contiguous (B,C,P)
 // buffers. No ATen types here: spade_cpu.cpp checks arguments, allocates and dispatches.
 //
 // Work decomposition (shared by all passes): every row (b,c) of P elements is cut into

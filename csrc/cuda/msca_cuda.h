@@ -1,4 +1,4 @@
-// Host-callable launchers of the raw MSCA CUDA kernels (DESIGN.md section 2). Pointers, sizes
+// Host-callable launchers of the raw MSCA CUDA kernels (docs/design.md section 2). Pointers, sizes
 // and a stream only: no torch types, so this header is included both by the kernels
 // (msca_cuda_kernels.cu, compiled by nvcc alone in `make cuda-check`) and by the thin torch
 // binding (msca_cuda_bindings.cpp, compiled by the host compiler).

@@ -1,4 +1,4 @@
-// Raw CUDA kernels of MSCA attention (DESIGN.md section 2); launchers declared in msca_cuda.h.
+// Raw CUDA kernels of MSCA attention (docs/design.md section 2); launchers declared in msca_cuda.h.
 //
 // Tiles: every kernel works on tiles of kTile = 64 positions (j over the exemplar, t over the
 // target). A block holds, in shared memory and in the accumulation type A:

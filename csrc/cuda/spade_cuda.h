@@ -1,4 +1,4 @@
-// Host-callable launchers of the raw SPADE CUDA kernels (DESIGN.md section 3). Pointers, sizes
+// Host-callable launchers of the raw SPADE CUDA kernels (docs/design.md section 3). Pointers, sizes
 // and a stream only (no torch types): included by spade_cuda_kernels.cu and by the torch
 // binding spade_cuda_bindings.cpp.
 //

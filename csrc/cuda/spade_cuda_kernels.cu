@@ -1,4 +1,4 @@
-// Raw CUDA kernels of the fused SPADE denormalisation (DESIGN.md section 3); launchers in
+// Raw CUDA kernels of the fused SPADE denormalisation (docs/design.md section 3); launchers in
 // spade_cuda.h.
 //
 // Work items: every row (b, c) of P elements is cut into segments of kSeg elements; one block

@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cpp)
 
-.PHONY: all venv build test test-slow bench bench-gpu demo cuda-check triton-check clean
+.PHONY: all venv build test test-slow bench bench-gpu demo cuda-check triton-check gpu-check clean
 
 all: build
 
@@ -54,6 +54,13 @@ demo: build
 
 cuda-check:
 	bash csrc/cuda/check.sh
+
+# On a machine with one H100/H200 whose python has a CUDA torch, triton and nvcc: build, GPU
+# tests, large cases, profile, benchmarks; results in out/gpu-check/ (docs/gpu.md). Under 8 min.
+# `make test` runs its CPU dry run (tests/msca_kernels/test_gpu_check_dry_run.py).
+GPU_PY ?= $(shell command -v python || command -v python3)
+gpu-check:
+	PY=$(GPU_PY) bash scripts/gpu_check.sh
 
 # Compiles every Triton kernel, every autotuning configuration, float32/float16/bfloat16, for
 # sm_80 and sm_90 with triton's compiler and ptxas: no GPU needed (make test runs --quick).

@@ -9,6 +9,7 @@ the smallest tiles tl.dot accepts, and autotuning (which would time every config
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -78,14 +79,26 @@ def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict):
     return triton.autotune(configs=gpu_configs, key=key)(kernel), {}
 
 
+def device_guard(device: torch.device):
+    """Makes `device` the current CUDA device for the launches inside (triton launches on the
+    current device: tensors on cuda:1 while cuda:0 is current would be read from the wrong GPU);
+    a no-op for other devices."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def launch(kernel, grid, *args, **meta) -> None:
     """kernel[grid](*args, **meta) through torch.library.wrap_triton, so that torch.compile
-    sees the launch. Under the interpreter wrap_triton hands back the bare kernel, which would
-    run on fake tensors when the op is traced for shapes: there the launch is skipped (the op's
-    fake implementation is its body without launches, see register_op)."""
+    sees the launch, on the device of the first tensor argument (device_guard). Under the
+    interpreter wrap_triton hands back the bare kernel, which would run on fake tensors when the
+    op is traced for shapes: there the launch is skipped (the op's fake implementation is its
+    body without launches, see register_op)."""
     if INTERPRET and any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
         return
-    wrap_triton(kernel)[grid](*args, **meta)
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with device_guard(device):
+        wrap_triton(kernel)[grid](*args, **meta)
 
 
 def register_op(name: str):

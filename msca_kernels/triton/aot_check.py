@@ -121,6 +121,17 @@ def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
     return max(regs, default=0), max(spills, default=0)
 
 
+_ADDPTR_I32 = re.compile(r"tt\.addptr\b[^:]*:[^,]*,\s*(?:tensor<[^>]*xi32>|i32)"
+                         r"(?:\s+loc\(.*\))?\s*$", re.M)
+
+
+def offsets_32bit(ttir: str) -> list[str]:
+    """The tt.addptr operations of a kernel's TTIR whose offset is 32-bit. The kernels keep
+    every offset in 64 bits (batch and channel indices in int64), so that tensors of more than
+    2^31 elements are addressed correctly; any 32-bit offset is a regression."""
+    return [m.group(0).strip() for m in _ADDPTR_I32.finditer(ttir)]
+
+
 def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> int:
     failures = 0
     seen = set()
@@ -153,11 +164,16 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> i
                         ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                             options={"num_warps": warps, "num_stages": stages})
                         regs, spill = _ptxas(ck.asm["ptx"], arch)
+                        narrow = offsets_32bit(ck.asm["ttir"])
                     except Exception as exc:  # noqa: BLE001 - report every compiler error
                         lines.append(f"  FAIL {label}: {type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}")
                         failures += 1
                         continue
+                    if narrow:
+                        lines.append(f"  FAIL {label}: {len(narrow)} pointer offset(s) in 32 "
+                                     f"bits (tensors over 2^31 elements): {narrow[0]}")
+                        failures += 1
                     smem = ck.metadata.shared
                     ok = spill == 0 and smem <= SMEM_LIMIT.get(arch, 99 * 1024)
                     fits.append(ok)

@@ -82,11 +82,11 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
                      HAS_SB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr,
                      V_PREC: tl.constexpr):
-    b = tl.program_id(0)
-    pid = tl.program_id(1)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
+    b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
+    pid = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     n_ok, m_ok, k_ok = offs_n < N, offs_m < M2, offs_k < K
     C = N + M2
     dt = fx2_ptr.dtype.element_ty
@@ -132,9 +132,9 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
 def _msca_merge_kernel(vp_ptr, mp_ptr, lp_ptr, v_ptr, lse_ptr, N, K, S,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Log-sum-exp merge of the S partials of one batch item, in a fixed order."""
-    b = tl.program_id(0)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    b = tl.program_id(0).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     base = b * S
     mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
     for s in range(0, S):
@@ -162,11 +162,11 @@ def _msca_out_kernel(fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr, out_pt
                      s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
                      HAS_CB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
-    b = tl.program_id(0)
-    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
+    b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     n_ok, m_ok, k_ok, t_ok = offs_n < N, offs_m < M1, offs_k < K, offs_t < P1
     psi = tl.load(psi_ptr + offs_k[:, None] * M1 + offs_m[None, :],
                   mask=k_ok[:, None] & m_ok[None, :], other=0.0)
@@ -191,11 +191,11 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
                             HAS_CB: tl.constexpr, NEED_DCB: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                             BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
-    b = tl.program_id(0)
-    pid = tl.program_id(1)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
+    b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
+    pid = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     n_ok, m_ok, k_ok = offs_n < N, offs_m < M1, offs_k < K
     dt = fc1_ptr.dtype.element_ty
     psi = tl.load(psi_ptr + offs_k[:, None] * M1 + offs_m[None, :],
@@ -250,11 +250,11 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
                               BLOCK_M: tl.constexpr,
                               BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
                               DOT_PREC: tl.constexpr):
-    b = tl.program_id(0)
-    pid = tl.program_id(1)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
+    b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
+    pid = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     n_ok, m_ok, k_ok = offs_n < N, offs_m < M2, offs_k < K
     C = N + M2
     dt = fx2_ptr.dtype.element_ty
@@ -349,6 +349,23 @@ _bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
 _MIN_TILE = 32 if not _common.INTERPRET else 16
 
 
+# Grids and offsets. Grid axis 0 may hold 2^31 - 1 programs, axes 1 and 2 only 65535: every
+# kernel puts its tiles or splits on axis 0 and the batch on axis 1 (B <= 65535 is checked).
+# _I64: offsets are 64-bit (batch index and channel index vectors in int64), so tensors of more
+# than 2^31 elements are addressed correctly; positions within one map stay 32-bit.
+MAX_GRID_0, MAX_GRID_12 = 2**31 - 1, 65535
+
+
+def _out_grid(B: int, P1: int, block_t: int) -> tuple[int, int]:
+    return (triton.cdiv(P1, block_t), B)
+
+
+def _check_batch(B: int) -> None:
+    if B > MAX_GRID_12:
+        raise ValueError(f"fx2: the triton backend takes at most {MAX_GRID_12} batch items "
+                         f"(grid axis 1), got {B}")
+
+
 def _v_precision(dtype: torch.dtype) -> str:
     """input_precision of the forward's V = x p^T dot.
 
@@ -384,6 +401,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     M2 = fc2.shape[1]
     M1, P1 = fc1.shape[1:]
     K = phi_weight.shape[0]
+    _check_batch(B)
     BN, BM2, BM1, BK = block(N), block(M2), block(M1), block(K)
     prec = _common.dot_precision(fx2.dtype)
     S = _common.num_programs(fx2.device, triton.cdiv(P2, _MIN_TILE))
@@ -392,7 +410,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     mp = torch.empty((B, S, BK), **f32)
     lp = torch.empty((B, S, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
-    _common.launch(_fwd_kernel, (B, S), 
+    _common.launch(_fwd_kernel, (S, B), 
         fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
@@ -403,8 +421,8 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     out = torch.empty((B, N, P1), device=fx2.device, dtype=fx2.dtype)
     cb = channel_bias if channel_bias is not None else fc1
     block_t = _out_meta.get("BLOCK_T")
-    grid = ((lambda meta: (B, triton.cdiv(P1, meta["BLOCK_T"]))) if block_t is None
-            else (B, triton.cdiv(P1, block_t)))
+    grid = ((lambda meta: _out_grid(B, P1, meta["BLOCK_T"])) if block_t is None
+            else _out_grid(B, P1, block_t))
     _common.launch(_out_kernel, grid, 
         fc1, psi_weight, psi_bias, cb, V, mask, out, N, M1, K, P1,
         *fc1.stride(), *_strides3(channel_bias),
@@ -431,6 +449,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     M1, P1 = fc1.shape[1:]
     K = phi_weight.shape[0]
     dt = fx2.dtype
+    _check_batch(B)
     BN, BM2, BM1, BK = block(N), block(M2), block(M1), block(K)
     prec = _common.dot_precision(dt)
     f32 = dict(device=fx2.device, dtype=torch.float32)
@@ -444,7 +463,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dpsi_p = torch.empty((B, S1, BK, BM1), **f32)
     dpsib_p = torch.empty((B, S1, BK), **f32)
     cb = channel_bias if channel_bias is not None else fc1
-    _common.launch(_bwd_target_kernel, (B, S1), 
+    _common.launch(_bwd_target_kernel, (S1, B), 
         grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1, dcb if need_channel_bias_grad
         else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1,
         *fc1.stride(), *_strides3(channel_bias),
@@ -470,7 +489,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dphi_p = torch.empty((B, S2, BK, BN + BM2), **f32)
     dphib_p = torch.empty((B, S2, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
-    _common.launch(_bwd_exemplar_kernel, (B, S2), 
+    _common.launch(_bwd_exemplar_kernel, (S2, B), 
         fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
         dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),

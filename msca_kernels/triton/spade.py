@@ -30,10 +30,11 @@ from .. import _autograd
 
 @triton.jit
 def _group_addr(g, idx, P, CP, INSTANCE: tl.constexpr):
-    """Element idx of group g in a (B, C, P) tensor."""
+    """Element idx of group g in a (B, C, P) tensor, as a 64-bit offset (x may hold more than
+    2^31 elements; idx < n and the division stay 32-bit)."""
     if INSTANCE:
-        return g * P + idx
-    return g * P + (idx // P) * CP + idx % P
+        return g.to(tl.int64) * P + idx
+    return g.to(tl.int64) * P + (idx // P).to(tl.int64) * CP + idx % P
 
 
 @triton.jit
@@ -45,7 +46,7 @@ def _chunk_len(n, CH, BLOCK: tl.constexpr):
 @triton.jit
 def _spade_stats_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, n, P, CP, CH,
                         INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     ch = tl.program_id(1)
     L = _chunk_len(n, CH, BLOCK)
     start = ch * L
@@ -74,7 +75,7 @@ def _spade_stats_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, n, P, CP, CH,
 @triton.jit
 def _spade_stats_merge_kernel(cnt_ptr, cmean_ptr, m2_ptr, mean_ptr, rstd_ptr, CH, eps,
                               BLOCK_CH: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     offs = tl.arange(0, BLOCK_CH)
     ok = offs < CH
     cnt = tl.load(cnt_ptr + g * CH + offs, mask=ok, other=0.0)
@@ -91,7 +92,7 @@ def _spade_stats_merge_kernel(cnt_ptr, cmean_ptr, m2_ptr, mean_ptr, rstd_ptr, CH
 @triton.jit
 def _spade_apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, out_ptr, n, P, CP, CH,
                         INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     ch = tl.program_id(1)
     L = _chunk_len(n, CH, BLOCK)
     start = ch * L
@@ -111,7 +112,7 @@ def _spade_apply_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, out_ptr,
 @triton.jit
 def _spade_bwd_reduce_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, sg_ptr, sgx_ptr,
                              n, P, CP, CH, INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     ch = tl.program_id(1)
     L = _chunk_len(n, CH, BLOCK)
     start = ch * L
@@ -138,7 +139,7 @@ def _spade_bwd_apply_kernel(dy_ptr, x_ptr, gamma_ptr, mean_ptr, rstd_ptr, sg_ptr
                             dx_ptr, dgamma_ptr, n, P, CP, CH, CH_RED,
                             INSTANCE: tl.constexpr, BATCH_STATS: tl.constexpr,
                             BLOCK: tl.constexpr, BLOCK_CH: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     ch = tl.program_id(1)
     L = _chunk_len(n, CH, BLOCK)
     start = ch * L

@@ -166,17 +166,9 @@ inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict 
   constexpr int kLineElems = 64 / static_cast<int>(sizeof(T));
   R acc[RB][TV];
 #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r) {
-    const R b0 = bias ? V::set1(bias[r]) : V::zero();
+  for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < TV; ++v) acc[r][v] = b0;
-  }
-  if (add) {
-#pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 4
-      for (int v = 0; v < TV; ++v) acc[r][v] = V::add(acc[r][v], V::load(add + r * ldadd + v * W));
-  }
+    for (int v = 0; v < TV; ++v) acc[r][v] = V::zero();
   const T* g = panel;
   for (int64_t c = 0; c < C1; ++c, g += RB, Y1 += ldy1) {
     if (PF) {
@@ -207,6 +199,23 @@ inline void tn_micro(const T* __restrict panel, int64_t C1, const T* __restrict 
 #pragma GCC unroll 4
       for (int v = 0; v < TV; ++v) acc[r][v] = V::fmadd(w, y[v], acc[r][v]);
     }
+  }
+  // The biases are added after the product, in the reference's order ((product + bias) +
+  // add): started from them, a large common offset (phi_bias = 1e4) would round every partial
+  // sum at its magnitude, C roundings instead of one.
+  if (bias) {
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      const R b0 = V::set1(bias[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < TV; ++v) acc[r][v] = V::add(acc[r][v], b0);
+    }
+  }
+  if (add) {
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < TV; ++v) acc[r][v] = V::add(acc[r][v], V::load(add + r * ldadd + v * W));
   }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
@@ -435,6 +444,10 @@ void softmax_over_rows_bwd(const T* beta, T* D, int64_t K, int64_t ld, int64_t n
 // row stride vl_ld) when the max grows, and replace the logits by p = exp(a - m[k]).
 // A row whose logits are all -inf so far keeps m = -inf, s = 0 and gets p = 0 (never
 // exp(-inf - -inf) = NaN).
+// NaN: the vector max drops NaN, so a NaN logit next to a finite one only shows up in the sum
+// (exp(NaN - m) = NaN) and one among -inf only would be lost with the row: that case sets
+// s = NaN and p = NaN, and the NaN then survives every later rescale and the merge, as in the
+// reference, whose softmax row (and so V[:, k] and the output) is NaN.
 template <typename T>
 void online_softmax_tile(T* S, int64_t K, int64_t ld, int64_t n, T* m, T* s, T* Vl,
                          int64_t Nrows, int64_t vl_ld) {
@@ -449,8 +462,10 @@ void online_softmax_tile(T* S, int64_t K, int64_t ld, int64_t n, T* m, T* s, T* 
     const T tmax = V::hmax(mv);
     const T mold = m[k];
     const T mnew = std::max(mold, tmax);
-    if (mnew == ninf) {  // nothing but -inf so far: this row attends to nothing yet
-      std::fill(row, row + n, T(0));
+    if (mnew == ninf) {  // nothing but -inf (or NaN) so far: this row attends to nothing yet
+      const bool has_nan = std::any_of(row, row + n, [](T x) { return std::isnan(x); });
+      std::fill(row, row + n, has_nan ? std::numeric_limits<T>::quiet_NaN() : T(0));
+      if (has_nan) s[k] = std::numeric_limits<T>::quiet_NaN();
       continue;
     }
     if (mnew > mold) {
@@ -474,7 +489,8 @@ void online_softmax_tile(T* S, int64_t K, int64_t ld, int64_t n, T* m, T* s, T* 
   }
 }
 
-// alpha = exp(a - lse[k]) in place; a row with lse = -inf (all logits -inf) is all zeros.
+// alpha = exp(a - lse[k]) in place; a row with lse = -inf (all logits -inf) is all zeros, one
+// with lse = NaN (a NaN logit) all NaN.
 template <typename T>
 void exp_minus_lse(T* S, int64_t K, int64_t ld, int64_t n, const T* lse) {
   using V = Vec<T>;
@@ -482,6 +498,10 @@ void exp_minus_lse(T* S, int64_t K, int64_t ld, int64_t n, const T* lse) {
   constexpr int W = V::W;
   for (int64_t k = 0; k < K; ++k) {
     T* row = S + k * ld;
+    if (std::isnan(lse[k])) {
+      std::fill(row, row + n, lse[k]);
+      continue;
+    }
     if (!(lse[k] > -std::numeric_limits<T>::infinity())) {
       std::fill(row, row + n, T(0));
       continue;
@@ -684,9 +704,19 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
     }
   });
 
-  // Merge the chunk partials of each batch as log-sum-exp, in chunk order.
+  // Merge the chunk partials of each batch as log-sum-exp, in chunk order. A NaN partial sum
+  // (a NaN logit in that chunk) makes the row NaN: V[:, k] and lse[k], never "attends to
+  // nothing", which is what a zero sum means.
+  const T nan = std::numeric_limits<T>::quiet_NaN();
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t k = 0; k < K; ++k) {
+      bool row_nan = false;
+      for (int64_t ci = 0; ci < nc; ++ci) row_nan |= std::isnan(sp[(b * nc + ci) * K + k]);
+      if (row_nan) {
+        for (int64_t n = 0; n < N; ++n) a.V[(b * N + n) * K + k] = nan;
+        a.lse[b * K + k] = nan;
+        continue;
+      }
       T M = ninf;
       for (int64_t ci = 0; ci < nc; ++ci) M = std::max(M, mp[(b * nc + ci) * K + k]);
       T ssum = T(0);
@@ -698,13 +728,13 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
           ssum += f[ci] * sp[(b * nc + ci) * K + k];
         }
       }
-      const T inv = ssum > T(0) ? T(1) / ssum : T(0);
+      const T inv = std::isnan(ssum) ? nan : ssum > T(0) ? T(1) / ssum : T(0);
       for (int64_t n = 0; n < N; ++n) {
         T v = T(0);
         for (int64_t ci = 0; ci < nc; ++ci) v += f[ci] * Vp[((b * nc + ci) * N + n) * K + k];
         a.V[(b * N + n) * K + k] = v * inv;
       }
-      a.lse[b * K + k] = ssum > T(0) ? M + std::log(ssum) : ninf;
+      a.lse[b * K + k] = std::isnan(ssum) ? nan : ssum > T(0) ? M + std::log(ssum) : ninf;
     }
   }
 }

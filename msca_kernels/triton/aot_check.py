@@ -36,6 +36,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from . import _common  # noqa: E402
+from ._ttir import offsets_32bit  # noqa: E402
 
 # Shared memory per block that a kernel may use (opt-in maximum), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -119,19 +120,6 @@ def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
     spills = [int(a) + int(b) for a, b in
               re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)]
     return max(regs, default=0), max(spills, default=0)
-
-
-_ADDPTR_I32 = re.compile(r"tt\.addptr\b[^:]*:[^,]*,\s*(?:tensor<[^>]*xi32>|i32)"
-                         r"(?:\s+loc\(.*\))?\s*$", re.M)
-
-
-def offsets_32bit(ttir: str) -> list[str]:
-    """The tt.addptr operations of a kernel's TTIR whose offset is 32-bit (reported, not a
-    failure). The compiler splits `ptr + big + small` into one addptr per term, so a 32-bit
-    addptr is correct when its term is small (positions within one map) and the batch and
-    channel terms before it are 64-bit; telling the two apart needs the def-use chains, which
-    this count does not follow."""
-    return [m.group(0).strip() for m in _ADDPTR_I32.finditer(ttir)]
 
 
 def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> int:

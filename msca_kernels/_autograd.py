@@ -7,6 +7,11 @@ inputs, V, lse and two flags; spade_norm fwd (x, gamma, beta, mean_in, rstd_in, 
 results (V and lse; mean and rstd), never an attention map or a normalised x; backward
 recomputes from them. Registered with torch.library.register_autograd, so torch.compile and
 opcheck see one differentiable custom op.
+
+The backward ops have no formula of their own: a second derivative through the fused kernels
+(create_graph=True, a gradient penalty) is refused with an error that says so. Without that,
+autograd would treat the backward op as a constant and the second-order terms would silently
+be zero.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ def msca_autograd(bwd_name: str):
         return (dfx2, dfc2, dfc1, dphi, dphi_b, dpsi, dpsi_b, dmask,
                 dsb if need_sb else None, dcb if need_cb else None)
 
+    backward.bwd_op = f"msca_kernels::{bwd_name}"
     return backward, _msca_setup_context
 
 
@@ -80,9 +86,31 @@ def spade_autograd(bwd_name: str):
             grad_out.contiguous(), x, gamma, mean, rstd, ctx.instance, ctx.batch_stats)
         return dx, dgamma, grad_out, None, None, None, None  # dbeta = dy
 
+    backward.bwd_op = f"msca_kernels::{bwd_name}"
     return backward, _spade_setup_context
 
 
+def _no_double_backward(bwd_op: str):
+    public = "spade_norm" if "spade" in bwd_op else "msca_attention"
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{public}: double backward (a derivative of a gradient taken with "
+            f"create_graph=True, e.g. a gradient penalty) is not implemented by the fused "
+            f"kernels ({bwd_op}); use backend='reference' for this computation")
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    return backward, setup_context
+
+
 def register(fwd_op: str, formula) -> None:
+    """Registers the autograd formula of fwd_op, and for its backward op (named by the formula)
+    one that refuses a second derivative."""
     backward, setup_context = formula
     torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+    bwd_op = getattr(backward, "bwd_op", None)
+    if bwd_op is not None:
+        refuse, noop = _no_double_backward(bwd_op)
+        torch.library.register_autograd(bwd_op, refuse, setup_context=noop)

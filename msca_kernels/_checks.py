@@ -5,6 +5,8 @@ Every check runs before any kernel and raises TypeError (wrong type or dtype) or
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -65,3 +67,12 @@ def weight_2d(name: str, w, rows: int | None, cols: int) -> torch.Tensor:
         k = "K" if rows is None else rows
         raise ValueError(f"{name}: expected shape ({k}, {cols}), got {tuple(w.shape)}")
     return w
+
+
+def finite_number(name: str, value, lo: float = 0.0, hi: float = math.inf):
+    """A real number (not a bool, not NaN, not +-inf) in [lo, hi]."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and lo <= value <= hi)
+    if not ok:
+        where = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+        raise ValueError(f"{name}: expected a finite number {where}, got {value!r}")

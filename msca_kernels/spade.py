@@ -45,10 +45,9 @@ def _validate(x, gamma, beta, mode, eps, running_mean, running_var, momentum, tr
     _checks.same_dtype("x", x, gamma=gamma, beta=beta)
     if mode not in MODES:
         raise ValueError(f"mode: expected 'batch' or 'instance', got {mode!r}")
-    if not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
-    if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+    # NaN passes a plain `eps < 0` test and then turns every output into NaN
+    _checks.finite_number("eps", eps)
+    _checks.finite_number("momentum", momentum, 0.0, 1.0)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean, running_var: expected both or neither, got only "
                          + ("running_mean" if running_var is None else "running_var"))
@@ -65,6 +64,11 @@ def _validate(x, gamma, beta, mode, eps, running_mean, running_var, momentum, tr
     if mode == "batch" and training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
         raise ValueError(f"x: batch statistics need more than one value per channel, got shape "
                          f"{tuple(x.shape)}")
+    # Same rule for instance statistics, on every backend (torch's instance_norm raises here;
+    # the kernels would return beta, the normalisation of a single value being 0)
+    if mode == "instance" and x.shape[2] * x.shape[3] <= 1:
+        raise ValueError(f"x: instance statistics need more than one value per (sample, "
+                         f"channel), got shape {tuple(x.shape)} (a 1x1 map)")
 
 
 def spade_norm(x, gamma, beta, *, mode="batch", eps=1e-5, running_mean=None, running_var=None,

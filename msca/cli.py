@@ -15,8 +15,8 @@
     msca retrieve --label L.png --pool DIR [--k 20] [--out top.png]
     msca evaluate --config demo [--out out/eval/table1.md]
 
-Errors are reported as one line naming the file or argument at fault (exit status 2); set
-MSCA_DEBUG=1 for the traceback.
+Errors are reported as one line naming the file or argument at fault (exit status 2, argument
+errors included); set MSCA_DEBUG=1 for the traceback.
 """
 from __future__ import annotations
 
@@ -32,11 +32,54 @@ class UserError(Exception):
 
 
 def _repo_path(rel: str) -> str:
-    """`rel` relative to the working directory if it exists there, else to this checkout."""
-    if os.path.exists(rel):
-        return rel
+    """`rel` relative to this checkout (next to the package): the shipped models. Never the
+    working directory: a `checkpoints/demo.pt` planted in whatever folder the command runs in
+    must not be picked up silently."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.join(repo, rel)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line naming the argument, exit status 2 (argparse
+    prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def _check_output(path: str | None, name: str, *, directory: bool = False) -> None:
+    """Fails early, naming the argument, when `path` cannot be written: a parent that is a
+    file, or (for a file) a path that is a directory. Missing parents are created later."""
+    if not path:
+        return
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{name} {path}: exists and is not a directory")
+    if not directory and os.path.isdir(path):
+        raise UserError(f"{name} {path}: is a directory, expected a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{name} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{name} {path}: cannot write in {parent} (permission denied)")
 
 
 def _threads(n: int | None) -> None:
@@ -58,8 +101,10 @@ def cmd_train(args) -> int:
         train_overrides["bf16"] = True
     opt, settings = load_config(args.config, args.set, train_overrides)
     out = args.out or os.path.join("runs", opt.name)
+    _check_output(out, "--out", directory=True)
+    _check_output(args.export, "--export")
     rank, world = init_distributed()
-    trainer = Trainer(opt, settings, out, resume=args.resume)
+    trainer = Trainer(opt, settings, out, resume=args.resume, force=args.force)
     if rank == 0:
         print(f"msca train: {args.config} -> {out} | steps {trainer.step}..{settings.steps} "
               f"(pretrain < {trainer.pretrain_end} <= patch < {trainer.patch_end} <= "
@@ -229,6 +274,10 @@ def cmd_retrieve(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from msca.eval.evaluate import evaluate
+    if args.checkpoint_dir is not None and not os.path.isdir(args.checkpoint_dir):
+        raise UserError(f"--checkpoint-dir {args.checkpoint_dir}: no such directory")
+    if args.dataroot is not None and not os.path.isdir(args.dataroot):
+        raise UserError(f"--dataroot {args.dataroot}: no such directory")
     evaluate(config=args.config, out=args.out, pairs=args.pairs, pool=args.pool, k=args.k,
              color_correction=not args.no_color_correction,
              checkpoint_dir=args.checkpoint_dir, dataroot=args.dataroot,
@@ -239,11 +288,11 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="msca", description="Example-guided image synthesis across arbitrary scenes "
         "(MSCA): training, synthesis on your own files, style-structure swap grids, "
         "interpolation, extrapolation, attention analysis, retrieval, evaluation, demo.")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -256,14 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True,
                    help="an options or training config file, or a name: 'demo' finds "
                    "configs/demo_train.json (else configs/demo.json)")
-    t.add_argument("--steps", type=int, help="total steps (overrides the config)")
+    t.add_argument("--steps", type=positive_int, help="total steps (overrides the config)")
     t.add_argument("--out", help="run directory for checkpoint.pt and log.jsonl "
                    "(default runs/<name>)")
+    t.add_argument("--force", action="store_true",
+                   help="train into a folder that holds a run: without --resume, delete that "
+                   "run and start over; with --resume, continue even though options changed "
+                   "(no longer an exact continuation)")
     t.add_argument("--resume", action="store_true",
                    help="continue exactly from OUT/checkpoint.pt")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an option, e.g. --set alignment=gap (repeatable)")
-    t.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps")
+    t.add_argument("--checkpoint-every", type=positive_int,
+                   help="checkpoint interval in steps")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     t.add_argument("--export", help="also write the small inference checkpoint here "
                    "(options + generator), e.g. checkpoints/demo.pt")
@@ -286,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "exemplar, exemplar_label[, out] (paths relative to the CSV)")
     s.add_argument("--out", required=True, help="output PNG (a folder in batch mode)")
     s.add_argument("--checkpoint", help=f"model checkpoint (default {DEFAULT_CHECKPOINT})")
-    s.add_argument("--size", type=int, default=None,
+    s.add_argument("--size", type=positive_int, default=None,
                    help="working size of the shorter side, a multiple of 16 (default: the "
                    "size the model was trained at; others warn)")
     s.add_argument("--device", default="auto",
@@ -311,13 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "exemplar), column c = the layout of scene c. The first row and column "
                        "show the scenes themselves. Procedural test scenes by default, or "
                        "your own with --images and --labels.")
-    w.add_argument("--n", type=int, default=4, help="number of scenes (default 4)")
+    w.add_argument("--n", type=positive_int, default=4, help="number of scenes (default 4)")
     w.add_argument("--out", required=True, help="output PNG")
     w.add_argument("--images", nargs="+", help="your own scene images (N of them)")
     w.add_argument("--labels", nargs="+", help="their label map PNGs, same order")
     w.add_argument("--checkpoint", help=f"model checkpoint (default {DEFAULT_CHECKPOINT})")
     w.add_argument("--seed", type=int, default=0, help="procedural scene seed")
-    w.add_argument("--size", type=int, default=None, help="working resolution")
+    w.add_argument("--size", type=positive_int, default=None, help="working resolution")
     w.add_argument("--backend", default=None,
                    help="kernel backend (default auto: the fused kernels)")
     w.set_defaults(func=cmd_swap)
@@ -327,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=os.path.join("out", "demo"), help="output directory")
     d.add_argument("--checkpoint", help=f"model (default {DEFAULT_CHECKPOINT})")
     d.add_argument("--gap-checkpoint", help="GAP ablation (default checkpoints/demo_gap.pt)")
-    d.add_argument("--pairs", type=int, default=100, help="unseen test pairs (default 100)")
+    d.add_argument("--pairs", type=positive_int, default=100, help="unseen test pairs (default 100)")
     d.add_argument("--backend", default=None,
                    help="kernel backend (default auto: the fused kernels)")
     d.set_defaults(func=cmd_demo)
@@ -337,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--backend", default=None,
                        help="kernel backend (default auto: the fused kernels)")
         q.add_argument("--seed", type=int, default=0, help="procedural scene seed")
-        q.add_argument("--index", type=int, default=0,
+        q.add_argument("--index", type=non_negative_int, default=0,
                        help=f"which procedural {procedural_what} (default 0)")
 
     def two_exemplars(q):
@@ -346,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--exemplar-a-label", help="exemplar A label map PNG")
         q.add_argument("--exemplar-b", help="exemplar B image")
         q.add_argument("--exemplar-b-label", help="exemplar B label map PNG")
-        q.add_argument("--size", type=int, default=None, help="working resolution")
+        q.add_argument("--size", type=positive_int, default=None, help="working resolution")
 
     i = sub.add_parser("interpolate", help="style interpolation between two exemplars "
                        "(paper Fig. 5)", description="A strip of STEPS outputs from exemplar "
@@ -354,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "spatial logits biased by log(a/(1-a)), the feature mask interpolated. "
                        "Procedural test scenes unless you give your own five files.")
     i.add_argument("--out", required=True, help="output PNG")
-    i.add_argument("--steps", type=int, default=6, help="number of factors (default 6)")
+    i.add_argument("--steps", type=_int_at_least(2), default=6, help="number of factors (default 6)")
     two_exemplars(i)
     common(i, "triplet")
     i.set_defaults(func=cmd_interpolate)
@@ -376,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label", help="label map PNG of the whole canvas (own files)")
     e.add_argument("--exemplar", help="exemplar patch image (own files)")
     e.add_argument("--exemplar-label", help="its label map PNG (own files)")
-    e.add_argument("--factor", type=int, default=2, help="procedural canvas size / patch size")
-    e.add_argument("--random", type=int, default=10, help="random patch locations (default 10)")
+    e.add_argument("--factor", type=positive_int, default=2, help="procedural canvas size / patch size")
+    e.add_argument("--random", type=non_negative_int, default=10, help="random patch locations (default 10)")
     common(e, "scene")
     e.set_defaults(func=cmd_extrapolate)
 
@@ -387,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--label", help="target label map PNG (own files)")
     a.add_argument("--exemplar", help="exemplar image (own files)")
     a.add_argument("--exemplar-label", help="its label map PNG (own files)")
-    a.add_argument("--scale", type=int, default=0, help="MSCA scale, 0 finest (default 0)")
+    a.add_argument("--scale", type=non_negative_int, default=0, help="MSCA scale, 0 finest (default 0)")
     common(a, "pair")
     a.set_defaults(func=cmd_attention)
 
@@ -396,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "carried by the finest-scale MSCA over PAIRS procedural test pairs, "
                         "compared with the target labels; rows clustered (average linkage).")
     lt.add_argument("--out", required=True, help="output PNG (the matrix also as .json)")
-    lt.add_argument("--pairs", type=int, default=200, help="test pairs (default 200)")
-    lt.add_argument("--scale", type=int, default=0,
+    lt.add_argument("--pairs", type=positive_int, default=200, help="test pairs (default 200)")
+    lt.add_argument("--scale", type=non_negative_int, default=0,
                     help="MSCA scale (default 0, the finest, as the paper)")
     common(lt, "pair")
     lt.set_defaults(func=cmd_label_transfer)
@@ -410,8 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "procedural test scene and 300 others.")
     r.add_argument("--label", help="target label map PNG")
     r.add_argument("--pool", help="pool directory")
-    r.add_argument("--k", type=int, default=20, help="how many to list (default 20)")
-    r.add_argument("--num-classes", type=int, default=255,
+    r.add_argument("--k", type=positive_int, default=20, help="how many to list (default 20)")
+    r.add_argument("--num-classes", type=positive_int, default=255,
                    help="label ids are 0..N-1, 255 = unlabelled (default 255)")
     r.add_argument("--out", help="also draw the ranking to this PNG")
     r.set_defaults(func=cmd_retrieve)
@@ -425,9 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", default="demo", help="config name or file (default demo)")
     v.add_argument("--out", default=os.path.join("out", "eval", "table1.md"),
                    help="markdown output (default out/eval/table1.md)")
-    v.add_argument("--pairs", type=int, default=100, help="targets per task (default 100)")
-    v.add_argument("--pool", type=int, default=300, help="retrieval pool size (default 300)")
-    v.add_argument("--k", type=int, default=20, help="retrieval candidates (default 20)")
+    v.add_argument("--pairs", type=positive_int, default=100, help="targets per task (default 100)")
+    v.add_argument("--pool", type=positive_int, default=300, help="retrieval pool size (default 300)")
+    v.add_argument("--k", type=positive_int, default=20, help="retrieval candidates (default 20)")
     v.add_argument("--no-color-correction", action="store_true",
                    help="retrieving: compare with the uncorrected ground truth")
     v.add_argument("--checkpoint-dir", help="where the checkpoints are (default the config's)")
@@ -441,16 +495,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors of the user's input, files or environment (bad values, missing or unreadable files,
+# a busy run folder, a training run that diverged): one line, exit status 2.
+_USER_ERRORS = (UserError, ValueError, TypeError, OSError, KeyError)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"  # names the file, which str(e) buries
+    elif isinstance(e, KeyError):
+        text = f"missing key {e}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _threads(args.threads)
     try:
+        _threads(args.threads)
+        for name in ("out", "attention"):
+            if name == "out" and args.command in ("train", "demo"):
+                continue  # directories, checked by their commands
+            if args.command == "synthesize" and (args.pairs is not None or (
+                    args.label and os.path.isdir(args.label))):
+                continue  # batch mode: --out is a directory
+            _check_output(getattr(args, name, None), f"--{name}")
         return args.func(args)
-    except (UserError, FileNotFoundError, ValueError) as e:
+    except KeyboardInterrupt:
+        print(f"msca {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error becomes one line, see the module doc
         if os.environ.get("MSCA_DEBUG"):
             raise
-        print(f"msca {args.command}: error: {e}", file=sys.stderr)
+        from msca.train.run_guard import NonFiniteError
+        if isinstance(e, (*_USER_ERRORS, NonFiniteError)):
+            print(f"msca {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        else:  # a bug: still one line, with the way to the traceback
+            print(f"msca {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+                  "(MSCA_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

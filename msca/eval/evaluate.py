@@ -257,8 +257,10 @@ def evaluate(*, config: str = "demo", out: str = os.path.join("out", "eval", "ta
     opt, _ = load_config(config)
     size = opt.crop_size
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    ckdir = checkpoint_dir or (opt.checkpoint_dir if os.path.isdir(opt.checkpoint_dir)
-                               else os.path.join(repo, opt.checkpoint_dir))
+    # the config's folder next to the package first (the shipped models), never silently a
+    # same-named folder of the working directory when the shipped one exists
+    shipped = os.path.join(repo, opt.checkpoint_dir)
+    ckdir = checkpoint_dir or (shipped if os.path.isdir(shipped) else opt.checkpoint_dir)
 
     lpips_net = LPIPS.from_files(lpips_vgg16, lpips_lin) if lpips_vgg16 else None
     inception = InceptionFeatures(fid_inception) if fid_inception else None

@@ -45,7 +45,10 @@ from msca.models import (Task, VGGWeightsWarning, build_decoder, build_discrimin
 from msca.models.correspondence import correspondence_losses
 from msca.options import Options
 
-from .checkpoint import TRAIN_FORMAT, atomic_save, export_model, read_checkpoint
+from .checkpoint import (TRAIN_FORMAT, atomic_save, export_model, read_checkpoint, rng_state,
+                         set_rng_state)
+from .run_guard import (RunGuard, check_finite_losses, check_finite_weights, check_resume,
+                        prepare_folder, read_log_records, truncate_log)
 from .config import TrainSettings
 from .ema import ModelEMA
 
@@ -147,7 +150,7 @@ class Trainer:
     """
 
     def __init__(self, opt: Options, settings: TrainSettings, out_dir: str, *,
-                 resume: bool = False, device=None, progress: bool = True):
+                 resume: bool = False, force: bool = False, device=None, progress: bool = True):
         self.opt, self.settings, self.out_dir = opt, settings, out_dir
         self.rank, self.world = _dist_info()
         if device is None:
@@ -157,6 +160,18 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.pt")
         self.log_path = os.path.join(out_dir, "log.jsonl")
+        # One trainer per run folder (run_guard.py): rank 0 takes the lock (released at the
+        # end of train()), refuses a folder holding another run unless resume or force, and
+        # removes temporary files of interrupted saves. force also resumes with changed options.
+        self.force = force
+        self.guard = RunGuard(out_dir) if self.rank == 0 else None
+        if self.guard is not None:
+            self.guard.acquire()
+            try:
+                prepare_folder(out_dir, resume=resume, force=force)
+            except BaseException:
+                self.guard.release()
+                raise
 
         _seed_everything(opt.seed)
         with warnings.catch_warnings():
@@ -411,9 +426,13 @@ class Trainer:
             bar = tqdm(total=end, initial=self.step, unit="it", dynamic_ncols=True,
                        desc="train")
         t0 = time.time()
+        if self.guard is not None:
+            self.guard.acquire()  # no-op while held since construction
         try:
             while self.step < end:
                 losses = self.train_step()
+                # stop before a NaN reaches a checkpoint: the last good one stays
+                check_finite_losses(losses, self.step, self.checkpoint_path)
                 if self.rank == 0 and (self.step % self.settings.log_every == 0
                                        or self.step == end):
                     self._log(losses, time.time() - t0)
@@ -425,6 +444,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self.guard is not None:
+                self.guard.release()
         return self.last_losses
 
     @staticmethod
@@ -457,10 +478,7 @@ class Trainer:
             "opt_pre": self.opt_pre.state_dict(),
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                    else None},
+            "rng": rng_state(),  # tensors and plain lists: loads with weights_only=True
             "data": self.order.state_dict(),
             "last_losses": self.last_losses,
         }
@@ -468,6 +486,8 @@ class Trainer:
     def save(self, path: str | None = None) -> None:
         """Rank 0 writes atomically; the others wait so nobody runs ahead of a checkpoint."""
         if self.rank == 0:
+            check_finite_weights({"G": self.G, "D": self.D, "decoder": self.decoder}, self.step,
+                                 path or self.checkpoint_path)
             atomic_save(self.state_dict(), path or self.checkpoint_path)
         if self.world > 1:
             dist.barrier()
@@ -480,6 +500,7 @@ class Trainer:
         if ckpt.get("world_size", 1) != self.world:
             raise ValueError(f"checkpoint {path!r}: written by {ckpt.get('world_size')} "
                              f"process(es), resuming with {self.world}: the data shards differ")
+        check_resume(path, ckpt, self.opt.to_dict(), self.settings.to_dict(), force=self.force)
         self.G.load_state_dict(ckpt["G"])
         self.D.load_state_dict(ckpt["D"])
         self.decoder.load_state_dict(ckpt["decoder"])
@@ -490,22 +511,15 @@ class Trainer:
         self.opt_pre.load_state_dict(ckpt["opt_pre"])
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])
-        rng = ckpt["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(ckpt["rng"])
         self.order.load_state_dict(ckpt["data"])
         self.step = int(ckpt["step"])
         self.last_losses = dict(ckpt.get("last_losses", {}))
         if self.rank == 0 and os.path.isfile(self.log_path):
             # Steps after the checkpoint were lost with the crash and will be redone: drop
-            # their log records so the log reads like one uninterrupted run.
-            with open(self.log_path) as fh:
-                lines = [ln for ln in fh if ln.strip() and json.loads(ln)["step"] <= self.step]
-            with open(self.log_path, "w") as fh:
-                fh.writelines(lines)
+            # their log records so the log reads like one uninterrupted run (and a torn
+            # last line, a crash mid-write).
+            truncate_log(self.log_path, self.step)
 
     def export(self, path: str) -> None:
         """The shippable inference checkpoint (options + generator), e.g. checkpoints/demo.pt."""
@@ -522,8 +536,7 @@ def _seed_everything(seed: int) -> None:
 def read_log(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"training log {path!r}: no such file")
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_log_records(path)  # a torn last line is dropped with a warning
 
 
 def steps_per_second(records: list[dict]) -> float:

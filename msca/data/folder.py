@@ -9,16 +9,21 @@ Every image needs its label (a missing one is an error naming the file).  255 is
 conventional "unlabelled" value; it is mapped to ``ignore_to`` (e.g. a spare class id) or kept
 as 255 when ``ignore_to`` is None so that losses can use ``ignore_index=255``.  Any other value
 >= ``num_classes`` raises ValueError naming the file and the value.  Images are resized
-bicubically, labels by nearest neighbour (Pillow), to ``size``.
+bicubically, labels by nearest neighbour (Pillow), to ``size``.  Images of any bit depth are
+scaled to 8-bit RGB (16-bit greyscale too, never clipped), both kinds are turned upright by
+their EXIF orientation, and a file of more than ``max_pixels()`` pixels is refused from its
+header, before decoding.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .transforms import to_tensor_image
@@ -40,12 +45,66 @@ def _hw(size: Optional[Size]) -> Optional[Tuple[int, int]]:
     return h, w
 
 
-def load_image(path: Path, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    """RGB image -> (3, H, W) float32 in [-1, 1]; an unreadable file is an error naming it."""
+# Decoded size limit: Pillow only warns up to 179 megapixels, and a 97 KB PNG of 10000 x 10000
+# then costs gigabytes as float tensors. The header is checked before anything is decoded.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def max_pixels() -> int:
+    """The decoded-pixel limit: MSCA_MAX_IMAGE_PIXELS, else DEFAULT_MAX_PIXELS."""
+    text = os.environ.get("MSCA_MAX_IMAGE_PIXELS", "")
     try:
-        with Image.open(path) as im:
+        value = int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"MSCA_MAX_IMAGE_PIXELS: expected an integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"MSCA_MAX_IMAGE_PIXELS: expected a positive integer, got {value}")
+    return value
+
+
+def _check_pixels(im: Image.Image, what: str, path) -> None:
+    w, h = im.size
+    limit = max_pixels()
+    if w * h > limit:
+        raise ValueError(f"{what} {path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, more than "
+                         f"the limit of {limit / 1e6:g} (set MSCA_MAX_IMAGE_PIXELS to allow it)")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Applies the EXIF orientation (a phone photo stored sideways), as viewers do."""
+    return ImageOps.exif_transpose(im)
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB with every bit depth scaled, not clipped: 16-bit greyscale (mode I;16*, and I,
+    read as 16-bit) is divided by 257, float greyscale (F) is taken as [0, 1]. Pillow's
+    convert("RGB") clips those to 255, which turns a 16-bit exemplar white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64) * 255.0
+    else:
+        return im.convert("RGB")
+    grey = np.clip(np.nan_to_num(arr).round(), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def load_image(path: Path, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Image -> (3, H, W) float32 in [-1, 1]: any mode (greyscale, palette, 16-bit, alpha
+    dropped) as RGB, EXIF orientation applied, at most max_pixels() decoded. An unreadable or
+    too large file is an error naming it."""
+    try:
+        with warnings.catch_warnings():  # our bound is lower than Pillow's warning threshold
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_pixels(im, "image", path)  # from the header, before decoding
             im.load()  # decode now so a truncated file fails here, not later
-            im = im.convert("RGB")
+            im = to_rgb8(_upright(im))
+    except ValueError as e:
+        if str(e).startswith(f"image {path}:"):
+            raise
+        raise ValueError(f"cannot read image {path}: {e}") from e
     except Exception as e:  # PIL raises several types for corrupt data
         raise ValueError(f"cannot read image {path}: {e}") from e
     if size is not None and im.size != (size[1], size[0]):
@@ -58,12 +117,18 @@ def load_label(path: Path, size: Optional[Tuple[int, int]], num_classes: int,
     """Label PNG -> (H, W) int64; checks the ids against num_classes, naming file and value."""
     try:
         with Image.open(path) as im:
+            _check_pixels(im, "label", path)
             im.load()
+            im = _upright(im)  # a label map drawn on a rotated photo turns with it
             if im.mode not in ("L", "P", "I", "I;16", "1"):
                 raise ValueError(f"expected a single-channel label image, got mode {im.mode}")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.NEAREST)  # never blend label ids
             arr = np.array(im, dtype=np.int64)
+    except ValueError as e:
+        if str(e).startswith(f"label {path}:"):
+            raise
+        raise ValueError(f"cannot read label {path}: {e}") from e
     except Exception as e:
         raise ValueError(f"cannot read label {path}: {e}") from e
     bad = (arr != ignore_value) & ((arr < 0) | (arr >= num_classes))

@@ -2,17 +2,18 @@
 
 A run folder (checkpoint.pt, log.jsonl) belongs to one trainer at a time:
 
-  * `RunGuard` takes `<out>/train.lock` (created exclusively; it records pid, host and start
-    time). A second trainer on the folder is refused while the holder lives; a lock whose
-    process is gone (same host, pid not running, or a trainer object of this process that no
-    longer exists) is stale and taken over.
+  * `RunGuard` takes `<out>/train.lock` for the length of `Trainer.train()` (created
+    exclusively; it records pid, host and start time). A trainer is refused while another one
+    holds it, at construction already; a lock whose process is gone (same host, pid not
+    running, or a guard of this process that no longer exists) is stale and taken over.
   * A folder that already holds a run is refused unless the trainer resumes it or is forced
     (`--force`: the old checkpoint and log are deleted and the run starts over).
   * `--resume` compares the options and training settings with the checkpoint's: a change
     breaks the exact continuation the checkpoint promises (another lr or seed, another step
     count moving the stage bounds), so it is refused, listing each change, unless forced.
   * Temporary files of an interrupted checkpoint save (`checkpoint.pt.*.tmp`, left by a
-    SIGKILL) are removed by the next trainer that holds the lock.
+    SIGKILL) are removed by the next trainer that takes the lock (only then: before, they may
+    be another trainer's save in progress).
   * The log tolerates a torn last line (a crash mid-write): it is dropped with a warning; a
     broken line elsewhere is an error naming the file and line.
   * A non-finite loss or weight stops the run before anything is saved, so the last good
@@ -85,6 +86,15 @@ class RunGuard:
         self.held = False
         self._token = f"{socket.gethostname()}:{os.getpid()}:{id(self)}:{time.time()}"
         self._finalizer = None
+
+    def check_free(self) -> None:
+        """RunFolderError if another live trainer holds the lock (a stale lock is left for
+        acquire() to take over)."""
+        if self.held or not os.path.exists(self.path):
+            return
+        holder = _read_lock(self.path)
+        if not self._stale(holder):
+            raise RunFolderError(self._busy_message(holder))
 
     def acquire(self) -> None:
         if self.held:
@@ -173,8 +183,7 @@ def holds_run(out_dir: str) -> bool:
 
 def prepare_folder(out_dir: str, *, resume: bool, force: bool) -> None:
     """Refuses a folder that holds a run unless resume or force; with force (and no resume)
-    deletes the old run's checkpoint and log; removes temporary files of interrupted saves.
-    Call it holding the lock."""
+    deletes the old run's checkpoint and log. Call it after RunGuard.check_free()."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise RunFolderError(f"--out {out_dir}: exists and is not a directory")
     if not resume and holds_run(out_dir):
@@ -187,6 +196,10 @@ def prepare_folder(out_dir: str, *, resume: bool, force: bool) -> None:
                 os.unlink(os.path.join(out_dir, name))
             except FileNotFoundError:
                 pass
+
+
+def remove_stale_tmp(out_dir: str) -> None:
+    """Deletes what interrupted checkpoint saves left behind. Call it holding the lock."""
     for tmp in glob.glob(os.path.join(glob.escape(out_dir), CHECKPOINT_NAME + ".*.tmp")):
         try:
             os.unlink(tmp)

@@ -48,7 +48,7 @@ from msca.options import Options
 from .checkpoint import (TRAIN_FORMAT, atomic_save, export_model, read_checkpoint, rng_state,
                          set_rng_state)
 from .run_guard import (RunGuard, check_finite_losses, check_finite_weights, check_resume,
-                        prepare_folder, read_log_records, truncate_log)
+                        prepare_folder, read_log_records, remove_stale_tmp, truncate_log)
 from .config import TrainSettings
 from .ema import ModelEMA
 
@@ -160,18 +160,14 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.checkpoint_path = os.path.join(out_dir, "checkpoint.pt")
         self.log_path = os.path.join(out_dir, "log.jsonl")
-        # One trainer per run folder (run_guard.py): rank 0 takes the lock (released at the
-        # end of train()), refuses a folder holding another run unless resume or force, and
-        # removes temporary files of interrupted saves. force also resumes with changed options.
+        # One trainer per run folder (run_guard.py): refused while another trainer holds the
+        # folder's lock (train() takes it), and a folder holding another run unless resume or
+        # force. force also resumes with changed options.
         self.force = force
         self.guard = RunGuard(out_dir) if self.rank == 0 else None
         if self.guard is not None:
-            self.guard.acquire()
-            try:
-                prepare_folder(out_dir, resume=resume, force=force)
-            except BaseException:
-                self.guard.release()
-                raise
+            self.guard.check_free()
+            prepare_folder(out_dir, resume=resume, force=force)
 
         _seed_everything(opt.seed)
         with warnings.catch_warnings():
@@ -420,14 +416,15 @@ class Trainer:
         """Run until `steps` (default settings.steps); checkpoint every checkpoint_every steps
         and at the end. Returns the last losses."""
         end = self.settings.steps if steps is None else steps
+        if self.guard is not None:
+            self.guard.acquire()  # released below; refused while another trainer holds it
+            remove_stale_tmp(self.out_dir)
         bar = None
         if self.progress and self.step < end:
             from tqdm import tqdm
             bar = tqdm(total=end, initial=self.step, unit="it", dynamic_ncols=True,
                        desc="train")
         t0 = time.time()
-        if self.guard is not None:
-            self.guard.acquire()  # no-op while held since construction
         try:
             while self.step < end:
                 losses = self.train_step()

@@ -34,12 +34,19 @@ def trained(tmp_path, steps=2, **kw):
 
 # ------------------------------------------------------------------------------ the lock
 def test_second_trainer_on_a_busy_folder_is_refused(tmp_path):
-    first = make(tmp_path)  # holds the lock from construction to the end of train()
-    with pytest.raises(RunFolderError, match=r"another trainer is running in this folder "
-                       rf"\(pid {os.getpid()}"):
-        make(tmp_path)
-    first.train(1)  # releases it
-    assert not (tmp_path / LOCK_NAME).exists()
+    busy = RunGuard(str(tmp_path))
+    busy.acquire()  # what a trainer holds for the length of train()
+    refused = rf"another trainer is running in this folder \(pid {os.getpid()}"
+    with pytest.raises(RunFolderError, match=refused):
+        make(tmp_path)  # refused at construction already
+    busy.release()
+    t = make(tmp_path)
+    busy.acquire()
+    with pytest.raises(RunFolderError, match=refused):
+        t.train(1)
+    busy.release()
+    t.train(1)
+    assert not (tmp_path / LOCK_NAME).exists()  # released at the end of train()
     make(tmp_path, resume=True)
 
 
@@ -62,9 +69,13 @@ def test_lock_of_another_live_process_is_respected(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-def test_lock_of_a_dropped_trainer_is_released(tmp_path):
-    make(tmp_path)  # never trained, dropped at once
-    make(tmp_path)
+def test_lock_of_a_dropped_guard_is_released(tmp_path):
+    guard = RunGuard(str(tmp_path))
+    guard.acquire()
+    del guard  # a trainer object dropped in the middle of train()
+    again = RunGuard(str(tmp_path))
+    again.acquire()
+    again.release()
 
 
 def test_two_trainer_processes_one_folder(tmp_path):
@@ -105,7 +116,9 @@ def test_stale_temporary_files_are_removed(tmp_path):
     junk.write_bytes(b"half a checkpoint")
     other = tmp_path / "notes.tmp"
     other.write_text("mine")
-    make(tmp_path, st=settings(steps=1, checkpoint_every=1), resume=True)
+    t = make(tmp_path, st=settings(steps=1, checkpoint_every=1), resume=True)
+    assert junk.exists()  # not before the lock is held: it could be a save in progress
+    t.train()
     assert not junk.exists() and other.exists()
 
 

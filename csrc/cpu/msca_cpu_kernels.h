@@ -640,6 +640,19 @@ void pack_target_tile(T* buf, const T*& f1, const T*& cb, int64_t M1, int64_t K,
   }
 }
 
+// The bias of the spatial logits. The softmax over positions is invariant to phi_bias (one
+// constant per row k), so a finite phi_bias is left out: added, it would round every logit at
+// its magnitude (phi_bias = 1e4: steps of 1e-3) before the softmax takes it off again, and the
+// kernels would be less accurate than the reference. lse is then that of the logits without
+// it (the backward recomputes alpha from the same logits). A non-finite phi_bias is kept: NaN
+// and +inf make the row NaN, -inf switches it off, as in the reference.
+template <typename T>
+std::vector<T> spatial_logit_bias(const T* phi_bias, int64_t K) {
+  std::vector<T> b(K);
+  for (int64_t k = 0; k < K; ++k) b[k] = std::isfinite(phi_bias[k]) ? T(0) : phi_bias[k];
+  return b;
+}
+
 // ------------------------------------------------------------------------------------------
 // Forward
 
@@ -657,7 +670,7 @@ struct FwdArgs {
   const T* channel_bias;  // (B, K, P1) or null
   T* out;                 // (B, N, P1)
   T* V;                   // (B, N, K), un-masked
-  T* lse;                 // (B, K)
+  T* lse;                 // (B, K), of the logits without a finite phi_bias
   int64_t B, N, M2, M1, K, P2, P1;
 };
 
@@ -669,6 +682,7 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
   const T ninf = -std::numeric_limits<T>::infinity();
   std::vector<T> phi_pk(K * C);
   pack_tn(phi_pk.data(), K, C, [&](int64_t r, int64_t c) { return a.phi[r * C + c]; });
+  const std::vector<T> sbias = spatial_logit_bias(a.phi_bias, K);
 
   const int64_t ntiles = ceil_div(P2, kTile);
   const int64_t nc = ntiles > 0 ? chunks_per_batch(ntiles, B) : 1;
@@ -692,7 +706,7 @@ void msca_fwd_pass1(const FwdArgs<T>& a) {
         const TileIO<T> io(tv, P2);
         const int64_t ncols = io.ncols, ld = io.ldi;
         if (io.pack) pack_exemplar_tile(in_buf.get(), x1, x2, sb, N, M2, K, P2, tv, ncols);
-        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, S.get(), kTile,
+        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, sbias.data(), sb, ld, S.get(), kTile,
                 ncols, io.read_opts());
         // padding positions attend to nothing
         for (int64_t k = 0; k < K; ++k)
@@ -929,6 +943,7 @@ void msca_backward(const BwdArgs<T>& a) {
   // dfc2 and the spatial-bias gradient written tile by tile.
   std::vector<T> phi_pk(K * C), dvT_pk(B * K * N), g2_pk(B * N * 2 * K), phicT_pk(M2 * K);
   pack_tn(phi_pk.data(), K, C, [&](int64_t r, int64_t c) { return a.phi[r * C + c]; });
+  const std::vector<T> sbias = spatial_logit_bias(a.phi_bias, K);
   pack_tn(phicT_pk.data(), M2, K, [&](int64_t m, int64_t k) { return a.phi[k * C + N + m]; });
   for (int64_t b = 0; b < B; ++b) {
     pack_tn(dvT_pk.data() + b * K * N, K, N,
@@ -969,8 +984,8 @@ void msca_backward(const BwdArgs<T>& a) {
         if (io.pack) pack_exemplar_tile(in_buf.get(), x1, x2, sb, N, M2, K, P2, tv, ncols);
         // alpha = exp(a - lse), padding positions forced to 0
         const TnOpts pf = io.read_opts(), st = io.write_opts();
-        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, a.phi_bias, sb, ld, alpha, kTile, ncols,
-                pf);
+        tn_gemm(phi_pk.data(), K, N, x1, ld, M2, x2, ld, sbias.data(), sb, ld, alpha, kTile,
+                ncols, pf);
         for (int64_t k = 0; k < K; ++k)
           std::fill(alpha + k * kTile + tv, alpha + k * kTile + ncols, ninf);
         exp_minus_lse(alpha, K, kTile, ncols, lse);

@@ -248,11 +248,13 @@ inline void elementwise(int64_t len, T* __restrict o1, T* __restrict o2, bool nt
   }
 }
 
-// Splits a double into T hi + lo with hi + lo == v to about twice T's precision.
+// Splits a double into T hi + lo with hi + lo == v to about twice T's precision. A value
+// that is not finite in T (inf, NaN, or beyond T's range) is all hi: lo = inf - inf would turn
+// a mean of +-inf into NaN where the reference gives +-inf.
 template <typename T>
 inline void split(double v, T& hi, T& lo) {
   hi = static_cast<T>(v);
-  lo = static_cast<T>(v - static_cast<double>(hi));
+  lo = std::isfinite(hi) ? static_cast<T>(v - static_cast<double>(hi)) : T(0);
 }
 
 // out = (x - mean) * rstd * (1 + gamma) + beta on one item.
@@ -268,8 +270,10 @@ inline void apply_forward_item(const T* x, const T* gamma, const T* beta, T* out
   const T* __restrict bp = beta + base;
   elementwise<1>(t.len, out + base, static_cast<T*>(nullptr), stream_outputs<T>(l),
                  [&](int64_t i, T& o, T&) {
+                   // the reference's xhat * (1 + gamma) + beta: xhat + xhat * gamma would
+                   // give inf - inf = NaN for an infinite xhat and gamma < 0
                    const T xh = ((xp[i] - mh) - ml) * r;
-                   o = xh + xh * gp[i] + bp[i];
+                   o = xh * (T(1) + gp[i]) + bp[i];
                  });
 }
 

@@ -66,8 +66,8 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["synthesize", "--label", "L.png", "--exemplar", "X.png", "--exemplar-label", "XL.png",
-     "--out", "{tmp}/o.png", "--checkpoint", "{evil}"],
+    ["synthesize", "--label", "{tmp}/L.png", "--exemplar", "{tmp}/X.png", "--exemplar-label",
+     "{tmp}/XL.png", "--out", "{tmp}/o.png", "--checkpoint", "{evil}"],
     ["classes", "--checkpoint", "{evil}"],
     ["swap", "--out", "{tmp}/g.png", "--checkpoint", "{evil}"],
     ["evaluate", "--checkpoint-dir", "{tmp}/ckpts", "--pairs", "1", "--pool", "2", "--k", "1",
@@ -77,13 +77,21 @@ def test_crafted_checkpoint_through_the_cli(tmp_path, capsys, argv):
     marker = tmp_path / "pwned"
     (tmp_path / "ckpts").mkdir()
     evil = crafted(tmp_path / "ckpts" / "demo.pt", marker)
+    # real input files, so that synthesize gets as far as loading the checkpoint
+    from PIL import Image
+    Image.new("L", (64, 64), 3).save(tmp_path / "L.png")
+    Image.new("L", (64, 64), 5).save(tmp_path / "XL.png")
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(tmp_path / "X.png")
     argv = [a.format(tmp=tmp_path, evil=evil) for a in argv]
     try:
         cli.main(argv)
     except SystemExit:
         pass
-    capsys.readouterr()
+    err = capsys.readouterr().err
     assert not marker.exists()
+    if argv[0] in ("synthesize", "classes", "swap"):
+        # refused at the checkpoint itself, not earlier for some other reason
+        assert str(evil) in err or "demo.pt" in err, err
 
 
 def test_crafted_training_checkpoint_on_resume(tmp_path, capsys):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from msca.models.encoders import resize_labels
+from msca.models.correspondence import carry as carry_flat
 
 from .attention_concentration import beta_max_mean, class_purity, normalised_entropy, top_share
 from .baselines import class_mean_colour, global_mean_colour
@@ -41,8 +42,8 @@ def carry(values: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torc
     if beta.shape[:2] != alpha.shape[:2]:
         raise ValueError(f"beta: expected (B, K) = {tuple(alpha.shape[:2])} as alpha, got "
                          f"{tuple(beta.shape)}")
-    v = torch.bmm(values.flatten(2).double(), alpha.flatten(2).double().transpose(1, 2))
-    out = torch.bmm(v, beta.flatten(2).double())
+    out = carry_flat(values.flatten(2).double(), alpha.flatten(2).double(),
+                     beta.flatten(2).double())
     return out.view(B, C, *beta.shape[-2:])
 
 

@@ -26,15 +26,11 @@ import msca_kernels as mk
 
 def attention_maps(module: "mk.nn.MSCA", fx2: torch.Tensor, fc2: torch.Tensor,
                    fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha (B,K,P2) softmax over exemplar positions, beta (B,K,P1) softmax over K."""
+    """alpha (B,K,P2) softmax over exemplar positions, beta (B,K,P1) softmax over K: the
+    reference op's maps, with the module's temperatures folded in as the kernels see them."""
     phi_w, psi_w, phi_b, psi_b = module.projections()
-    a = torch.einsum("kc,bcp->bkp", phi_w, torch.cat([fx2, fc2], 1).flatten(2))
-    b = torch.einsum("kc,bcp->bkp", psi_w, fc1.flatten(2))
-    if phi_b is not None:
-        a = a + phi_b.view(1, -1, 1)
-    if psi_b is not None:
-        b = b + psi_b.view(1, -1, 1)
-    return a.float().softmax(dim=2), b.float().softmax(dim=1)
+    alpha, beta = mk.reference.msca_attention_maps(fx2, fc2, fc1, phi_w, psi_w, phi_b, psi_b)
+    return alpha.flatten(2).float(), beta.flatten(2).float()
 
 
 def carry(values: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

@@ -261,11 +261,11 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
         (B,H2,W2) int64 -> image (B,3,H1,W1) in [-1,1]; with return_attention also the list of
         per-scale (alpha (B,K,h2,w2), beta (B,K,h1,w1)) (None for the gap/label_matching
         ablations, which have no learned attention)."""
+        if not return_attention:
+            return self.forward_with_features(label, exemplar, exemplar_label)[0]
         features = self.extract_features(label, exemplar, exemplar_label)
-        if return_attention:
-            fx1, attn = self.align(features, return_attention=True)
-            return self.synthesize(fx1, features.fc1), attn
-        return self.synthesize(self.align(features), features.fc1)
+        fx1, attn = self.align(features, return_attention=True)
+        return self.synthesize(fx1, features.fc1), attn
 
     def extra_repr(self) -> str:
         return (f"alignment={self.alignment!r}, feature_masking={self.feature_masking}, "

@@ -207,6 +207,11 @@ class Trainer:
     def stage(self) -> str:
         return self.stage_at(self.step)
 
+    def global_task_on(self, stage: str) -> bool:
+        """Whether a step of `stage` runs the global task and the enlarged crops: the last
+        stage, unless lambda_global = 0 (the "w/o global" ablation drops both)."""
+        return stage == "patch_global" and self.opt.lambda_global > 0
+
     def lr_at(self, step: int) -> float:
         """opt.lr, decayed linearly towards 0 over the last stage when settings.lr_decay
         (SPADE's schedule for its second half); a pure function of the step, so a resumed run
@@ -229,9 +234,7 @@ class Trainer:
         opt = self.opt
         rng = np.random.default_rng([opt.seed, step, self.rank])
         idx = self.order.take(opt.batch_size)
-        # The enlarged crops belong to the global stage; the "w/o global" ablation
-        # (lambda_global = 0) drops both the global task and its crops.
-        late = stage == "patch_global" and opt.lambda_global > 0
+        late = self.global_task_on(stage)
         patch = opt.late_crop_size if late else opt.crop_size
         fields = {k: [] for k in ("image_p", "label_p", "image_q", "label_q", "image", "label")}
         for i in idx:
@@ -319,7 +322,7 @@ class Trainer:
     def _tasks(self, b: dict, late: bool):
         """(conditioning, real) per task: cross (Eq. 9) and, late, global (Eq. 10)."""
         tasks = {"cross": ((b["label_p"], b["image_q"], b["label_q"]), b["image_p"])}
-        if late and self.opt.lambda_global > 0:
+        if late:
             tasks["global"] = ((b["label"], b["image"], b["label"]), b["image"])
         return tasks
 
@@ -406,7 +409,7 @@ class Trainer:
             # number of steps as the models it is compared with.
             losses = self._gan_step(b, late=False)
         else:
-            losses = self._gan_step(b, late=stage == "patch_global")
+            losses = self._gan_step(b, late=self.global_task_on(stage))
         self.step += 1
         self.last_losses = {k: float(v) for k, v in losses.items()}
         return self.last_losses

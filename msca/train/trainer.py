@@ -32,7 +32,7 @@ import os
 import random
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -47,8 +47,9 @@ from msca.options import Options
 
 from .checkpoint import (TRAIN_FORMAT, atomic_save, export_model, read_checkpoint, rng_state,
                          set_rng_state)
-from .run_guard import (RunGuard, check_finite_losses, check_finite_weights, check_resume,
-                        prepare_folder, read_log_records, remove_stale_tmp, truncate_log)
+from .run_guard import (RunFolderError, RunGuard, check_finite_losses, check_finite_weights,
+                        check_resume, prepare_folder, read_log_records, remove_stale_tmp,
+                        truncate_log)
 from .config import TrainSettings
 from .ema import ModelEMA
 
@@ -165,9 +166,10 @@ class Trainer:
         # force. force also resumes with changed options.
         self.force = force
         self.guard = RunGuard(out_dir) if self.rank == 0 else None
-        if self.guard is not None:
-            self.guard.check_free()
-            prepare_folder(out_dir, resume=resume, force=force)
+        with self._all_ranks_agree("the run folder check"):
+            if self.guard is not None:
+                self.guard.check_free()
+                prepare_folder(out_dir, resume=resume, force=force)
 
         _seed_everything(opt.seed)
         with warnings.catch_warnings():
@@ -196,6 +198,27 @@ class Trainer:
             if not os.path.isfile(self.checkpoint_path):
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path!r}")
             self.load(self.checkpoint_path)
+
+    @contextmanager
+    def _all_ranks_agree(self, what: str):
+        """Run rank 0's part of a folder check, then tell every rank whether it passed: the
+        lock and the folder belong to rank 0, but a refusal must stop all ranks (the others
+        would otherwise wait forever in their first collective). Rank 0 raises its own error;
+        the other ranks raise a RunFolderError that points to it."""
+        failure = None
+        try:
+            yield
+        except BaseException as e:  # re-raised below, after the other ranks know
+            failure = e
+        if self.world > 1:
+            flag = torch.tensor([1 if failure is not None else 0], dtype=torch.int32,
+                                device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(flag, 0)
+            if failure is None and int(flag.item()) != 0:
+                raise RunFolderError(f"{self.out_dir}: rank 0 stopped at {what} (its message "
+                                     f"says why); rank {self.rank} stops too")
+        if failure is not None:
+            raise failure
 
     # ---------------------------------------------------------------- schedule
     def stage_at(self, step: int) -> str:
@@ -419,9 +442,10 @@ class Trainer:
         """Run until `steps` (default settings.steps); checkpoint every checkpoint_every steps
         and at the end. Returns the last losses."""
         end = self.settings.steps if steps is None else steps
-        if self.guard is not None:
-            self.guard.acquire()  # released below; refused while another trainer holds it
-            remove_stale_tmp(self.out_dir)
+        with self._all_ranks_agree("taking the run folder's lock"):
+            if self.guard is not None:
+                self.guard.acquire()  # released below; refused while another trainer holds it
+                remove_stale_tmp(self.out_dir)
         bar = None
         if self.progress and self.step < end:
             from tqdm import tqdm

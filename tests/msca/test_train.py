@@ -249,3 +249,46 @@ def test_two_process_training_keeps_ranks_identical(tmp_path):
     ps = params(solo)
     assert any(not torch.equal(ps[k], r0["params"][k]) for k in ps)
     assert os.path.isfile(tmp_path / "checkpoint.pt")  # rank 0 wrote the checkpoint
+
+
+BUSY_WORKER = textwrap.dedent("""
+    import os, sys, warnings
+    sys.path.insert(0, {tests!r})
+    import test_train as tt
+    from msca.train import Trainer, init_distributed
+    from msca.train.run_guard import RunFolderError
+    rank, world = init_distributed()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Trainer(tt.tiny(), tt.settings(steps=5), {out!r}, progress=False)
+    except RunFolderError as e:
+        print(f"rank {{rank}} refused: {{e}}", flush=True)
+        sys.exit(3)
+    print(f"rank {{rank}} went on", flush=True)
+""")
+
+
+def test_busy_folder_stops_every_rank(tmp_path):
+    """Only rank 0 holds the folder's lock, but a refusal must stop all ranks; before, the
+    other rank went on into its first collective and waited there for ever."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / "train.lock").write_text(json.dumps(
+            {"pid": sleeper.pid, "host": os.uname().nodename, "started": "x"}))
+        script = tmp_path / "worker.py"
+        script.write_text(BUSY_WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                             out=str(tmp_path)))
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node", "2", str(script)], env=env,
+                              capture_output=True, text=True, timeout=180, cwd=REPO)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "went on" not in out, out[-3000:]
+    assert "rank 0 refused: " in out and f"pid {sleeper.pid}" in out, out[-3000:]
+    assert "rank 1 refused: " in out and "rank 0 stopped at the run folder check" in out, \
+        out[-3000:]

@@ -12,7 +12,8 @@ scenes come from the train split; the splits' seeds never coincide) this writes 
   metrics.json    PSNR against the ground truth per column (mean, std, sem, per pair: the same
                   pairs in the same order for every column), the model's paired difference to
                   each column, PSNR split by target classes present in / absent from the
-                  exemplar, and the attention probe per scale (msca/eval/attention_probe.py)
+                  exemplar, two ceilings that see the ground truth (msca/eval/ceilings.py) and
+                  the attention probe per scale (msca/eval/attention_probe.py)
 
 Columns: our model, the GAP ablation (alignment="gap", trained with the same config and
 steps), and the no-learning baselines of msca/eval/baselines.py (the exemplar's global mean
@@ -31,6 +32,7 @@ from msca.data.transforms import colorize_labels, tensor_to_pil
 from msca.eval.attention_probe import AttentionProbe, format_probe
 from msca.eval.baselines import (class_mean_colour, class_prior, dataset_class_colours,
                                  global_mean_colour)
+from msca.eval.ceilings import truth_class_mean_psnr, truth_untextured_psnr
 from msca.eval.class_presence import psnr_by_presence, summarise_presence
 from msca.eval.metrics import psnr
 
@@ -108,6 +110,10 @@ def format_report(metrics: dict) -> str:
         cells += " ".join(f"{sp[k]['mean']:7.2f}" if sp[k]["mean"] is not None else f"{'-':>7}"
                           for k in ("present", "absent"))
         lines.append(cells)
+    c = metrics["ceilings_psnr_db"]
+    lines.append(f"  ceilings (they see the ground truth; not methods): its own class-mean colours "
+                 f"{c['truth_class_mean']['mean']:.2f} dB (the best one-colour-per-class paste), "
+                 f"its untextured render {c['truth_untextured']['mean']:.2f} dB (all but texture)")
     lines.append(format_probe(metrics["attention"]))
     return "\n".join(lines)
 
@@ -136,6 +142,7 @@ def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100
     os.makedirs(out, exist_ok=True)
 
     scores = {k: [] for k in COLUMNS}
+    ceilings = {"truth_class_mean": [], "truth_untextured": []}
     split = {k: {"present": [], "absent": [], "absent_share": []} for k in COLUMNS}
     first = None
     for start in range(0, pairs, batch):
@@ -152,6 +159,8 @@ def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100
             for k, v in psnr_by_presence(pred, gt, c1, c2, opt.ignore_label).items():
                 split[name][k] += v.tolist()
         probe.update(attn, c1, x2, c2, gt)
+        ceilings["truth_class_mean"] += truth_class_mean_psnr(c1, gt, opt.ignore_label).tolist()
+        ceilings["truth_untextured"] += truth_untextured_psnr(items, gt).tolist()
         if first is None:
             a0 = attn[0]
             first = dict(c1=c1[0], x2=x2[0], gt=gt[0], preds={k: v[0] for k, v in preds.items()},
@@ -168,6 +177,7 @@ def run_demo(*, out: str, checkpoint: str, gap_checkpoint: str, pairs: int = 100
         "model_beats_pairwise": {k: f"{p['model_wins']}/{pairs}"
                                  for k, p in model_minus.items()},
         "psnr_db_by_exemplar_class": {k: summarise_presence(v) for k, v in split.items()},
+        "ceilings_psnr_db": {k: _stats(v) for k, v in ceilings.items()},
         "attention": probe.summary(),
         "wall_s": round(time.time() - t0, 1),
     }

@@ -61,6 +61,15 @@ def test_demo_metrics_json(tmp_path, capsys):
         split = m["psnr_db_by_exemplar_class"][key]
         assert set(split) == {"present", "absent", "absent_share_mean"}
         assert len(split["present"]["per_pair"]) == 3
+    # the ceilings see the ground truth: the truth's own class means beat every flat paste
+    ceil = m["ceilings_psnr_db"]
+    assert set(ceil) == {"truth_class_mean", "truth_untextured"}
+    for i in range(3):
+        for key in ("global_mean", "mean_colour", "class_prior"):
+            assert ceil["truth_class_mean"]["per_pair"][i] >= \
+                m["psnr_db"][key]["per_pair"][i] - 1e-3, (key, i)
+    assert ceil["truth_untextured"]["mean"] > ceil["truth_class_mean"]["mean"]
+    assert "ceilings" in text
     assert set(m["attention"]) == {"0", "1", "2", "3", "4"}
     for scale in m["attention"].values():
         assert set(scale) == PROBE_KEYS and len(scale["probe_psnr_per_pair"]) == 3

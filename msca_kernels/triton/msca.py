@@ -6,7 +6,8 @@ Forward, two passes plus a tiny merge:
                          on the fly and keeps an online softmax: running max m, running sum l and
                          V = sum_j fx2[:, j] exp(a[:, j] - m), rescaled whenever m grows. It writes
                          one partial (V, m, l) per program.
-  _msca_merge_kernel     per batch item, merges the partials as log-sum-exp: V (N x K), lse (K).
+  _msca_merge_kernel     merges the partials as log-sum-exp: V (N x K), lse (K), in parallel over
+                         (chunks of the N x K entries, batch items), the partials read as tiles.
   _msca_out_kernel       target tiles: b = psi . fc1 (+ biases), its K-way softmax beta, and
                          out = (V * mask) beta.
 Backward, two passes:
@@ -130,30 +131,47 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
 
 @triton.jit
 def _msca_merge_kernel(vp_ptr, mp_ptr, lp_ptr, v_ptr, lse_ptr, N, K, S,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Log-sum-exp merge of the S partials of one batch item, in a fixed order."""
-    b = tl.program_id(0).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """Log-sum-exp merge of the S partials of one batch item, for BLOCK_C of its BLOCK_N x
+    BLOCK_K entries (flat index n * BLOCK_K + k; BLOCK_C divides BLOCK_N * BLOCK_K).
+
+    The grid spreads a batch item's entries over many programs, and each program reads the
+    partials as (BLOCK_S, BLOCK_C) tiles, BLOCK_S of them per load: a serial walk over S (~264
+    partials on a 132-SM GPU, one dependent load after another) was latency alone. Two passes
+    over s: the maxima first, then the rescaled sums; the order of the sums is fixed, so the
+    result is deterministic."""
+    b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    offs_n, offs_k = offs_c // BLOCK_K, offs_c % BLOCK_K
     base = b * S
-    mx = tl.full([BLOCK_K], float("-inf"), tl.float32)
-    for s in range(0, S):
-        mx = tl.maximum(mx, tl.load(mp_ptr + (base + s) * BLOCK_K + offs_k))
+    mx = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = base + s0 + tl.arange(0, BLOCK_S)
+        s_ok = (s0 + tl.arange(0, BLOCK_S) < S)[:, None]
+        m = tl.load(mp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok,
+                    other=float("-inf"))
+        mx = tl.maximum(mx, tl.max(m, axis=0))
     mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
-    total = tl.zeros([BLOCK_K], tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for s in range(0, S):
-        w = tl.exp(tl.load(mp_ptr + (base + s) * BLOCK_K + offs_k) - mx_safe)
-        total += w * tl.load(lp_ptr + (base + s) * BLOCK_K + offs_k)
-        vp = tl.load(vp_ptr + (base + s) * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K
-                     + offs_k[None, :])
-        acc += vp * w[None, :]
+    total = tl.zeros([BLOCK_C], tl.float32)
+    acc = tl.zeros([BLOCK_C], tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = base + s0 + tl.arange(0, BLOCK_S)
+        s_ok = (s0 + tl.arange(0, BLOCK_S) < S)[:, None]
+        m = tl.load(mp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok,
+                    other=float("-inf"))
+        l = tl.load(lp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok, other=0.0)
+        vp = tl.load(vp_ptr + offs_s[:, None] * (BLOCK_N * BLOCK_K) + offs_c[None, :],
+                     mask=s_ok, other=0.0)
+        w = tl.exp(m - mx_safe[None, :])  # 0 for the padding rows (m = -inf)
+        total += tl.sum(w * l, axis=0)
+        acc += tl.sum(w * vp, axis=0)
     # A row whose logits are all -inf attends to nothing: V = 0, lse = -inf (alpha = 0 later).
-    v = acc / tl.where(total > 0, total, 1.0)[None, :]
+    v = acc / tl.where(total > 0, total, 1.0)
     lse = tl.where(total > 0, mx_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
-    tl.store(v_ptr + b * N * K + offs_n[:, None] * K + offs_k[None, :], v,
-             mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
-    tl.store(lse_ptr + b * K + offs_k, lse, mask=offs_k < K)
+    tl.store(v_ptr + b * N * K + offs_n * K + offs_k, v, mask=(offs_n < N) & (offs_k < K))
+    # lse once per k: from the entries of row n = 0
+    tl.store(lse_ptr + b * K + offs_k, lse, mask=(offs_n == 0) & (offs_k < K))
 
 
 @triton.jit
@@ -344,6 +362,12 @@ _bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
     _msca_bwd_exemplar_kernel, _common.configs(_P_OPTIONS), ["N", "M2", "K", "P2", "S", "HAS_SB"],
     _INTERP_P)
 
+# The merge: a fixed configuration (it moves S x N x K floats once; no autotuning). Under the
+# interpreter (S <= 3) BLOCK_S = 2 so the loop over partial tiles runs more than once and masks
+# its last tile, and BLOCK_C = 64 splits the smallest N x K block (16 x 16) over four programs.
+_MERGE = (dict(BLOCK_S=2, BLOCK_C=64, num_warps=4) if _common.INTERPRET
+          else dict(BLOCK_S=32, BLOCK_C=64, num_warps=4))
+
 # Split programs per exemplar/target pass: tiles are at least this big, so the partial count is
 # bounded by P / 32 even before the SM-count cap.
 _MIN_TILE = 32 if not _common.INTERPRET else 16
@@ -417,7 +441,9 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
         V_PREC=_v_precision(fx2.dtype), **_fwd_meta)
     V = torch.empty((B, N, K), **f32)
     lse = torch.empty((B, K), **f32)
-    _common.launch(_msca_merge_kernel, (B,), vp, mp, lp, V, lse, N, K, S, BLOCK_N=BN, BLOCK_K=BK)
+    block_c = min(_MERGE["BLOCK_C"], BN * BK)
+    _common.launch(_msca_merge_kernel, (BN * BK // block_c, B), vp, mp, lp, V, lse, N, K, S,
+                   BLOCK_N=BN, BLOCK_K=BK, **dict(_MERGE, BLOCK_C=block_c))
     out = torch.empty((B, N, P1), device=fx2.device, dtype=fx2.dtype)
     cb = channel_bias if channel_bias is not None else fc1
     block_t = _out_meta.get("BLOCK_T")

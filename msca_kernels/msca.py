@@ -85,6 +85,12 @@ def _validate(fx2, fc2, fc1, phi_weight, psi_weight, mask, phi_bias, psi_bias, s
     return phi2, psi2, K
 
 
+def _cast(t, dtype):
+    """t in dtype; t itself when it already is (a no-op .to() still costs microseconds of
+    dispatch, and this runs for seven arguments on every call)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=None,
                    psi_bias=None, *, spatial_bias=None, channel_bias=None,
                    return_attention=False, backend="auto"):
@@ -92,7 +98,9 @@ def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=No
 
     fx2 (B,N,H2,W2) exemplar image features, fc2 (B,M2,H2,W2) exemplar label features,
     fc1 (B,M1,H1,W1) target label features; phi_weight (K,N+M2), psi_weight (K,M1) (1x1
-    convolution weights (K,C,1,1) are accepted too); mask (B,K) in [0,1] or None for ones;
+    convolution weights (K,C,1,1) are accepted too); mask (B,K) in [0,1] or None for ones (the
+    range is checked on CPU tensors; on GPU tensors only with MSCA_CHECK_VALUES=1, as reading
+    the values there is a device-to-host sync);
     optional phi_bias, psi_bias (K), spatial_bias (B,K,H2,W2), channel_bias (B,K,H1,W1) added to
     the logits. Returns out (B,N,H1,W1), or (out, alpha, beta) with return_attention=True.
     Weights and biases are cast to the dtype of fx2.
@@ -105,8 +113,8 @@ def msca_attention(fx2, fc2, fc1, phi_weight, psi_weight, mask=None, phi_bias=No
         raise ValueError(f"phi_weight: backend 'cuda' supports at most {CUDA_MAX_K} attention "
                          f"maps, got K = {K} (use backend='triton' or 'reference')")
     dt = fx2.dtype
-    cast = (lambda t: None if t is None else t.to(dt))
-    args = (phi2.to(dt), psi2.to(dt), cast(mask), cast(phi_bias), cast(psi_bias))
+    cast = (lambda t: _cast(t, dt))  # noqa: E731
+    args = (cast(phi2), cast(psi2), cast(mask), cast(phi_bias), cast(psi_bias))
     sb, cb = cast(spatial_bias), cast(channel_bias)
 
     if name == "reference":

@@ -82,7 +82,7 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
                      s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
                      HAS_SB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr,
-                     V_PREC: tl.constexpr):
+                     V_PREC: tl.constexpr, PREFETCH_X: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
     pid = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
@@ -102,13 +102,31 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
     l_i = tl.zeros([BLOCK_K], tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     n_tiles = tl.cdiv(P2, BLOCK_P)
+    x_rows = fx2_ptr + b * s_xb + offs_n[:, None] * s_xc
+    if PREFETCH_X:
+        offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        x_next = tl.load(x_rows + offs_p[None, :] * s_xp,
+                         mask=n_ok[:, None] & (offs_p < P2)[None, :], other=0.0)
     # Tiles are dealt round-robin (tile = pid + it * S): the last, partly empty round costs
     # every program the same.
     for it in range(0, tl.cdiv(n_tiles, S)):
         offs_p = (pid + it * S) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = offs_p < P2
-        x = tl.load(fx2_ptr + b * s_xb + offs_n[:, None] * s_xc + offs_p[None, :] * s_xp,
-                    mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+        # x feeds two dots as different operands (the logits' B, V's A). For 16-bit inputs
+        # both are tensor-core dots and triton's pipeliner streams x into shared memory ahead of
+        # use (cp.async, like fc2). For float32 the V dot runs on FMA units (exact products,
+        # _v_precision), whose operand layout differs from the tensor-core one, and the
+        # pipeliner leaves such a load synchronous (seen in the TTGIR for sm_80/sm_90): there the
+        # kernel prefetches the next tile into registers itself, one iteration ahead, so its
+        # latency hides behind this tile's math. Both: one load of x per tile.
+        if PREFETCH_X:
+            x = x_next
+            offs_q = offs_p + S * BLOCK_P  # the next tile; past the end: masked, no traffic
+            x_next = tl.load(x_rows + offs_q[None, :] * s_xp,
+                             mask=n_ok[:, None] & (offs_q < P2)[None, :], other=0.0)
+        else:
+            x = tl.load(x_rows + offs_p[None, :] * s_xp, mask=n_ok[:, None] & p_ok[None, :],
+                        other=0.0)
         c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
         a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
@@ -438,7 +456,8 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
         fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
-        V_PREC=_v_precision(fx2.dtype), **_fwd_meta)
+        V_PREC=_v_precision(fx2.dtype), PREFETCH_X=_v_precision(fx2.dtype) == "ieee",
+        **_fwd_meta)
     V = torch.empty((B, N, K), **f32)
     lse = torch.empty((B, K), **f32)
     block_c = min(_MERGE["BLOCK_C"], BN * BK)

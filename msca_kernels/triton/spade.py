@@ -5,8 +5,8 @@ channel c over (B, P) in batch mode, (b, c) over P in instance mode. Each group 
 chunks so that every pass has enough programs to fill the GPU whatever B and C are.
 
 Forward:
-  _spade_stats_kernel        per chunk, a two-pass mean and sum of squared deviations (the
-                             chunk is re-read from cache), so |mean| >> std loses nothing
+  _spade_stats_kernel        per chunk, one read of x: sums of x - k and its square around
+                             the first block's mean k, so |mean| >> std loses nothing
   _spade_stats_merge_kernel  per group, Chan's merge of the chunk statistics: mean, rstd
   _spade_apply_kernel        out = (x - mean) * rstd * (1 + gamma) + beta
 Backward (dbeta = dy, no pass):
@@ -46,30 +46,42 @@ def _chunk_len(n, CH, BLOCK: tl.constexpr):
 @triton.jit
 def _spade_stats_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, n, P, CP, CH,
                         INSTANCE: tl.constexpr, BLOCK: tl.constexpr):
+    """Count, mean and sum of squared deviations of one chunk, reading x once.
+
+    Sums S of d = x - k and Q of d^2 around a shift k, the mean of the chunk's first block:
+    mean = k + S/c and M2 = Q - S^2/c. d is of the size of the spread, not of x, so |mean| >>
+    std loses nothing (x - k is exact in float32 when x and k are within a factor 2), unlike
+    E[x^2] - E[x]^2. The subtraction cancels only as far as k is from the mean: M2's relative
+    rounding is about eps * (1 + 2 (k - mean)^2 / var), and one block's mean lies at most
+    sqrt(L/BLOCK) standard deviations from the chunk's (all the spread in that block), so the
+    bound is eps * (1 + 2 L/BLOCK) at worst and eps-sized for ordinary data. Sum and sum of
+    squares need no division per value (Welford would)."""
     g = tl.program_id(0).to(tl.int64)  # 64-bit offsets (see _group_addr)
     ch = tl.program_id(1)
     L = _chunk_len(n, CH, BLOCK)
     start = ch * L
     cnt = tl.maximum(tl.minimum(n - start, L), 0)
-    s = tl.zeros([BLOCK], tl.float32)
-    for i in range(0, L, BLOCK):
-        idx = start + i + tl.arange(0, BLOCK)
-        ok = idx < n
-        s += tl.load(x_ptr + _group_addr(g, idx, P, CP, INSTANCE), mask=ok, other=0.0).to(
-            tl.float32)
-    mean_c = tl.sum(s, axis=0) / tl.maximum(cnt, 1).to(tl.float32)
-    q = tl.zeros([BLOCK], tl.float32)
-    for i in range(0, L, BLOCK):
+    idx = start + tl.arange(0, BLOCK)
+    ok = idx < n
+    x = tl.load(x_ptr + _group_addr(g, idx, P, CP, INSTANCE), mask=ok, other=0.0).to(tl.float32)
+    k = tl.sum(x, axis=0) / tl.maximum(tl.minimum(cnt, BLOCK), 1).to(tl.float32)
+    d = tl.where(ok, x - k, 0.0)
+    s = d
+    q = d * d
+    for i in range(BLOCK, L, BLOCK):
         idx = start + i + tl.arange(0, BLOCK)
         ok = idx < n
         x = tl.load(x_ptr + _group_addr(g, idx, P, CP, INSTANCE), mask=ok, other=0.0).to(
             tl.float32)
-        d = tl.where(ok, x - mean_c, 0.0)
+        d = tl.where(ok, x - k, 0.0)
+        s += d
         q += d * d
+    c = tl.maximum(cnt, 1).to(tl.float32)
+    s_sum = tl.sum(s, axis=0)
     part = g * CH + ch
     tl.store(cnt_ptr + part, cnt.to(tl.float32))
-    tl.store(mean_ptr + part, mean_c)
-    tl.store(m2_ptr + part, tl.sum(q, axis=0))
+    tl.store(mean_ptr + part, k + s_sum / c)
+    tl.store(m2_ptr + part, tl.maximum(tl.sum(q, axis=0) - s_sum * (s_sum / c), 0.0))
 
 
 @triton.jit

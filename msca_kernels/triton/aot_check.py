@@ -6,7 +6,10 @@ rejects, shared memory beyond the SM's, register spills. This script runs the ho
 both ops on CPU tensors with the launch replaced by a recorder (so it gets each launch's exact
 argument types and meta-parameters, as the GPU path would pass them), then compiles every
 recorded kernel, for every autotuning configuration, to a cubin for sm_80 and sm_90 with
-triton's own compiler, and runs `ptxas -v` on the PTX for registers and spills.
+triton's own compiler, and runs `ptxas -v` on the PTX for registers and spills. Each kernel is
+specialised on its arguments as triton's launcher would specialise that launch (16-byte
+aligned pointers and integers divisible by 16 marked, integers equal to 1 made constants), so
+the verdicts describe the binary a GPU runs for such a call.
 
     python -m msca_kernels.triton.aot_check [--archs 80,90] [--dtypes float32,float16,bfloat16]
     python -m msca_kernels.triton.aot_check --quick    # make test: first configuration only
@@ -40,8 +43,6 @@ from ._ttir import offsets_32bit  # noqa: E402
 
 # Shared memory per block that a kernel may use (opt-in maximum), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-          torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
 
 _recorded: list[tuple] = []
 
@@ -60,9 +61,12 @@ def _launches(dtype: torch.dtype) -> list[tuple[str, tuple, tuple, dict]]:
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
     cases = []
-    # MSCA at the benchmark's widths (N = M1 = M2 = 64, K = 16) and at odd ones, with biases
-    for (N, M1, M2, K), biases in (((64, 64, 64, 16), False), ((17, 11, 9, 5), True)):
-        B, P2, P1 = 2, 300, 257
+    # MSCA at the benchmark's widths (N = M1 = M2 = 64, K = 16) on 32x32 maps, where the
+    # runtime marks every size divisible by 16 (as for any map whose sides are multiples of 4),
+    # and at odd widths and sizes with biases, where it marks none
+    for (N, M1, M2, K), biases, (P2, P1) in (((64, 64, 64, 16), False, (1024, 1024)),
+                                             ((17, 11, 9, 5), True, (300, 257))):
+        B = 2
         fx2, fc2, fc1 = r(B, N, P2), r(B, M2, P2), r(B, M1, P1)
         phi, psi = r(K, N + M2), r(K, M1)
         pb, qb, mask = r(K), r(K), r(B, K)
@@ -74,7 +78,7 @@ def _launches(dtype: torch.dtype) -> list[tuple[str, tuple, tuple, dict]]:
         cases += [f"msca N={N} M1={M1} M2={M2} K={K}{' +biases' if biases else ''}"] * (
             len(_recorded) - n0)
     for instance in (False, True):
-        x, gamma, beta = r(2, 5, 5000), r(2, 5, 5000), r(2, 5, 5000)
+        x, gamma, beta = r(2, 16, 4096), r(2, 16, 4096), r(2, 16, 4096)  # 64x64 maps
         n0 = len(_recorded)
         out, mean, rstd = ts.triton_spade_norm_fwd(x, gamma, beta, None, None, instance, 1e-5)
         ts.triton_spade_norm_bwd(out, x, gamma, mean, rstd, instance, True)
@@ -82,26 +86,38 @@ def _launches(dtype: torch.dtype) -> list[tuple[str, tuple, tuple, dict]]:
     return [(c, *rec) for c, rec in zip(cases, _recorded)]
 
 
-def _signature(fn, args: tuple, meta: dict) -> tuple[dict, dict]:
-    sig, consts = {}, {}
-    positional = iter(args)
-    for p in fn.params:
-        if p.is_constexpr:
-            sig[p.name] = "constexpr"
-            consts[p.name] = meta[p.name] if p.name in meta else next(positional)
-            continue
-        v = next(positional)
-        if isinstance(v, torch.Tensor):
-            sig[p.name] = "*" + _TYPES[v.dtype]
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            sig[p.name] = "i32" if -2**31 <= v < 2**31 else "i64"
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: argument {p.name} of type {type(v).__name__}")
-    return sig, consts
+def _runtime_specialisation(fn, args: tuple, meta: dict, target: GPUTarget):
+    """(signature, constexprs, attrs, options) exactly as triton's launcher derives them for
+    fn[grid](*args, **meta) on `target`: the same binder and argument packing (JITFunction
+    internals of the installed triton; checked against 3.9). So the binary compiled here is the
+    one a launch with these arguments compiles: pointers 16-byte aligned and integers divisible
+    by 16 carry tt.divisibility=16, integers equal to 1 become constants, bools are u1.
+    Without it, a kernel compiles as if no argument were aligned (one case: 255 registers
+    instead of 136)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(target)
+    kwargs = dict(meta)
+    # what JITFunction.run adds to the launch's keyword arguments before binding
+    kwargs["debug"] = kwargs.get("debug", fn.debug) or triton.knobs.runtime.debug
+    kwargs["instrumentation_mode"] = triton.knobs.compilation.instrumentation_mode
+    kwargs["fpsan_homomorphic_casts"] = triton.knobs.compilation.fpsan_homomorphic_casts
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
+                                                          specialization, options)
+    return signature, constexprs, attrs, options
+
+
+def _describe(fn, signature: dict, constexprs: dict, attrs: dict) -> str:
+    """Which arguments the compiled binary is specialised on, for the report."""
+    names = fn.arg_names
+    divisible = [names[path[0]] for path, a in attrs.items() if ["tt.divisibility", 16] in a]
+    ones = [names[path[0]] for path, v in constexprs.items()
+            if signature.get(names[path[0]]) == "constexpr" and not fn.params[path[0]].is_constexpr]
+    out = f"16-divisible: {','.join(divisible) or '-'}"
+    return out + (f"; ==1: {','.join(ones)}" if ones else "")
 
 
 def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
@@ -139,20 +155,23 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> i
                     if cfg is not None:
                         full.update(cfg.kwargs)
                         warps, stages = cfg.num_warps, cfg.num_stages
-                    sig, consts = _signature(fn, args, full)
+                    full.update(num_warps=warps, num_stages=stages)
+                    target = GPUTarget("cuda", arch, 32)
+                    sig, consts, attrs, options = _runtime_specialisation(fn, args, full,
+                                                                          target)
                     key = (fn.__name__, arch, tuple(sorted(sig.items())),
-                           tuple(sorted(consts.items())), warps, stages)
+                           tuple(sorted((k, str(v)) for k, v in consts.items())),
+                           str(sorted(attrs.items())), warps, stages)
                     if key in seen:
                         continue
                     seen.add(key)
                     label = (f"{fn.__name__} [{case}, {dtype}] sm_{arch} "
-                             + " ".join(f"{k}={v}" for k, v in consts.items()
+                             + " ".join(f"{k}={v}" for k, v in full.items()
                                         if k.startswith("BLOCK"))
                              + f" warps={warps} stages={stages}")
                     try:
-                        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-                        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                            options={"num_warps": warps, "num_stages": stages})
+                        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+                        ck = triton.compile(src, target=target, options=options.__dict__)
                         regs, spill = _ptxas(ck.asm["ptx"], arch)
                         narrow = offsets_32bit(ck.asm["ttir"])
                     except Exception as exc:  # noqa: BLE001 - report every compiler error
@@ -165,7 +184,7 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> i
                     fits.append(ok)
                     lines.append(f"  {'ok  ' if ok else 'skip'} {label}: {regs} registers, "
                                  f"{spill} B spilled, {smem} B shared, {len(narrow)} 32-bit "
-                                 f"pointer offsets")
+                                 f"pointer offsets ({_describe(fn, sig, consts, attrs)})")
                 if not lines:
                     continue
                 print("\n".join(lines))

@@ -63,6 +63,16 @@ def num_programs(device: torch.device, work_items: int, per_sm: int = 2) -> int:
     return max(1, min(work_items, per_sm * _sm_count(index)))
 
 
+def size_bucket(n: int) -> int:
+    """The autotuning bucket of a size that changes with the image (a number of positions):
+    the next power of two. Kernels take it as an extra argument that only the autotuner reads
+    (key=[..., "P_BUCKET"]), so a new H x W inside a bucket reuses the timed configuration
+    instead of re-timing every one; masks and loop bounds use the exact size."""
+    if int(n) < 0:
+        raise ValueError(f"n: expected a size >= 0, got {n}")
+    return triton.next_power_of_2(max(1, int(n)))
+
+
 def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: int = 2) -> list:
     return [triton.Config(dict(o), num_warps=w, num_stages=stages) for o in options for w in warps]
 

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from . import _common
 from .. import _autograd
-from ._common import block
+from ._common import block, size_bucket
 
 # ---------------------------------------------------------------------------------------------
 # kernels
@@ -78,7 +78,7 @@ def _target_softmax(psi, f, psi_b, cb_ptr, offs_k, offs_t, k_ok, t_ok, s_cbk, s_
 
 @triton.jit
 def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr, lp_ptr,
-                     N, M2, K, P2, S,
+                     N, M2, K, P2, S, P_BUCKET,
                      s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
                      HAS_SB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -194,7 +194,7 @@ def _msca_merge_kernel(vp_ptr, mp_ptr, lp_ptr, v_ptr, lse_ptr, N, K, S,
 
 @triton.jit
 def _msca_out_kernel(fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr, out_ptr,
-                     N, M1, K, P1,
+                     N, M1, K, P1, P_BUCKET,
                      s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
                      HAS_CB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -222,7 +222,7 @@ def _msca_out_kernel(fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr, out_pt
 @triton.jit
 def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr,
                             dfc1_ptr, dcb_ptr, dvm_p_ptr, dpsi_p_ptr, dpsib_p_ptr,
-                            N, M1, K, P1, S,
+                            N, M1, K, P1, S, P_BUCKET,
                             s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
                             HAS_CB: tl.constexpr, NEED_DCB: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -279,7 +279,7 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
 @triton.jit
 def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_ptr, dv_ptr,
                               c_ptr, dfx2_ptr, dfc2_ptr, dsb_ptr, dphi_p_ptr, dphib_p_ptr,
-                              N, M2, K, P2, S,
+                              N, M2, K, P2, S, P_BUCKET,
                               s_xb, s_xc, s_xp, s_cb, s_cc, s_cp, s_sbb, s_sbk, s_sbp,
                               HAS_SB: tl.constexpr, NEED_DSB: tl.constexpr,
                               DALPHA_F64: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -368,17 +368,25 @@ _T_OPTIONS = [dict(BLOCK_T=16), dict(BLOCK_T=32), dict(BLOCK_T=64), dict(BLOCK_T
 _INTERP_P = dict(BLOCK_P=16, num_warps=4)
 _INTERP_T = dict(BLOCK_T=16, num_warps=4)
 
+# Autotuning keys: channel counts as they are (fixed by the model), positions by bucket
+# (P_BUCKET = size_bucket(P), next power of two): a new H x W in a timed bucket is not re-timed.
+# The split count S is left out: it follows from P and the GPU (within a bucket at most 2x).
+TUNE_KEYS = {
+    "_msca_fwd_kernel": ["N", "M2", "K", "P_BUCKET", "HAS_SB"],
+    "_msca_out_kernel": ["N", "M1", "K", "P_BUCKET", "HAS_CB"],
+    "_msca_bwd_target_kernel": ["N", "M1", "K", "P_BUCKET", "HAS_CB", "NEED_DCB"],
+    "_msca_bwd_exemplar_kernel": ["N", "M2", "K", "P_BUCKET", "HAS_SB", "NEED_DSB"],
+}
 _fwd_kernel, _fwd_meta = _common.tuned(
-    _msca_fwd_kernel, _common.configs(_P_OPTIONS), ["N", "M2", "K", "P2", "S", "HAS_SB"],
-    _INTERP_P)
+    _msca_fwd_kernel, _common.configs(_P_OPTIONS), TUNE_KEYS["_msca_fwd_kernel"], _INTERP_P)
 _out_kernel, _out_meta = _common.tuned(
-    _msca_out_kernel, _common.configs(_T_OPTIONS), ["N", "M1", "K", "P1", "HAS_CB"], _INTERP_T)
+    _msca_out_kernel, _common.configs(_T_OPTIONS), TUNE_KEYS["_msca_out_kernel"], _INTERP_T)
 _bwd_target_kernel, _bwd_target_meta = _common.tuned(
-    _msca_bwd_target_kernel, _common.configs(_T_OPTIONS), ["N", "M1", "K", "P1", "S", "HAS_CB"],
+    _msca_bwd_target_kernel, _common.configs(_T_OPTIONS), TUNE_KEYS["_msca_bwd_target_kernel"],
     _INTERP_T)
 _bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
-    _msca_bwd_exemplar_kernel, _common.configs(_P_OPTIONS), ["N", "M2", "K", "P2", "S", "HAS_SB"],
-    _INTERP_P)
+    _msca_bwd_exemplar_kernel, _common.configs(_P_OPTIONS),
+    TUNE_KEYS["_msca_bwd_exemplar_kernel"], _INTERP_P)
 
 # The merge: a fixed configuration (it moves S x N x K floats once; no autotuning). Under the
 # interpreter (S <= 3) BLOCK_S = 2 so the loop over partial tiles runs more than once and masks
@@ -453,7 +461,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     lp = torch.empty((B, S, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
     _common.launch(_fwd_kernel, (S, B), 
-        fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S,
+        fx2, fc2, phi_weight, phi_bias, sb, vp, mp, lp, N, M2, K, P2, S, size_bucket(P2),
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, BLOCK_N=BN, BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec,
         V_PREC=_v_precision(fx2.dtype), PREFETCH_X=_v_precision(fx2.dtype) == "ieee",
@@ -469,7 +477,7 @@ def triton_msca_fwd(fx2: torch.Tensor, fc2: torch.Tensor, fc1: torch.Tensor,
     grid = ((lambda meta: _out_grid(B, P1, meta["BLOCK_T"])) if block_t is None
             else _out_grid(B, P1, block_t))
     _common.launch(_out_kernel, grid, 
-        fc1, psi_weight, psi_bias, cb, V, mask, out, N, M1, K, P1,
+        fc1, psi_weight, psi_bias, cb, V, mask, out, N, M1, K, P1, size_bucket(P1),
         *fc1.stride(), *_strides3(channel_bias),
         HAS_CB=channel_bias is not None, BLOCK_N=BN, BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec,
         **_out_meta)
@@ -510,7 +518,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     cb = channel_bias if channel_bias is not None else fc1
     _common.launch(_bwd_target_kernel, (S1, B), 
         grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1, dcb if need_channel_bias_grad
-        else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1,
+        else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1, size_bucket(P1),
         *fc1.stride(), *_strides3(channel_bias),
         HAS_CB=channel_bias is not None, NEED_DCB=need_channel_bias_grad, BLOCK_N=BN,
         BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec, **_bwd_target_meta)
@@ -537,6 +545,7 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     _common.launch(_bwd_exemplar_kernel, (S2, B), 
         fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
         dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
+        size_bucket(P2),
         *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
         HAS_SB=spatial_bias is not None, NEED_DSB=need_spatial_bias_grad,
         DALPHA_F64=dalpha_f64, BLOCK_N=BN,

@@ -29,10 +29,14 @@ def round_tf32(x: np.ndarray) -> np.ndarray:
 
 
 def dot_tf32x3(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """acc + a @ b as tf32x3: the two small cross terms first, then the big one (float32)."""
+    """acc + a @ b as tf32x3: the two small cross terms first, then the big one (float32).
+
+    As on the GPU, the low part of an infinite operand is inf - inf = NaN (numpy's warning
+    about it is silenced: it is the behaviour emulated)."""
     a_hi, b_hi = round_tf32(a), round_tf32(b)
-    a_lo = round_tf32((a - a_hi).astype(np.float32))
-    b_lo = round_tf32((b - b_hi).astype(np.float32))
+    with np.errstate(invalid="ignore"):
+        a_lo = round_tf32((a - a_hi).astype(np.float32))
+        b_lo = round_tf32((b - b_hi).astype(np.float32))
     small = np.matmul(a_hi, b_lo, dtype=np.float32) + np.matmul(a_lo, b_hi, dtype=np.float32)
     return (np.matmul(a_hi, b_hi, dtype=np.float32) + small + acc).astype(np.float32)
 

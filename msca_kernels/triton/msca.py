@@ -58,11 +58,30 @@ def _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr, offs_k, offs_p, k_ok, p_
 
 
 @triton.jit
+def _exact_where_nan(w, f, d):
+    """d = w @ f from a tf32x3 dot, redone with exact (IEEE) products if any of it is NaN.
+
+    tf32x3 splits each float32 operand into a TF32 part and the remainder x - hi; for x = +-inf
+    the remainder is inf - inf = NaN (on the GPU as in the interpreter's emulation), and that
+    NaN reaches every product of the operand's row or column: one infinite channel weight made
+    every target position NaN, where exact products give +-inf logits (a position that then
+    attends to nothing, or NaN only where the reference has NaN). Finite operands never give
+    NaN, so the exact dot runs only for tiles that hold non-finite values (a real NaN input
+    stays NaN either way); the check is one reduction per tile."""
+    if tl.sum((d != d).to(tl.int32)) > 0:
+        d = tl.dot(w, f, input_precision="ieee")
+    return d
+
+
+@triton.jit
 def _target_softmax(psi, f, psi_b, cb_ptr, offs_k, offs_t, k_ok, t_ok, s_cbk, s_cbt,
                     HAS_CB: tl.constexpr, DOT_PREC: tl.constexpr):
     """beta = softmax over k of psi f + psi_bias (+ channel_bias); zero columns for t outside
     the map and for a position whose logits are all -inf (it attends to nothing)."""
-    b = tl.dot(psi, f, input_precision=DOT_PREC) + psi_b[:, None]
+    b = tl.dot(psi, f, input_precision=DOT_PREC)
+    if psi.dtype == tl.float32 and DOT_PREC == "tf32x3":
+        b = _exact_where_nan(psi, f, b)
+    b += psi_b[:, None]
     if HAS_CB:
         cb = tl.load(cb_ptr + offs_k[:, None] * s_cbk + offs_t[None, :] * s_cbt,
                      mask=k_ok[:, None] & t_ok[None, :], other=0.0)

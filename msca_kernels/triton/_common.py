@@ -73,20 +73,26 @@ def size_bucket(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
 
 
-def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: int = 2) -> list:
-    return [triton.Config(dict(o), num_warps=w, num_stages=stages) for o in options for w in warps]
+def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: int | tuple = 2) -> list:
+    """Every (option, warps, stages) combination, the first option's first warps/stages first
+    (make test's quick triton-check compiles only that one)."""
+    stages = (stages,) if isinstance(stages, int) else tuple(stages)
+    return [triton.Config(dict(o), num_warps=w, num_stages=s)
+            for o in options for w in warps for s in stages]
 
 
-def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict):
+def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict, prune=None):
     """(launchable kernel, meta-parameters to pass at launch).
 
     On the GPU: the kernel wrapped in triton.autotune over gpu_configs (the block sizes come
-    from the chosen config, so none are passed). Under the interpreter: the bare kernel and one
-    fixed configuration.
+    from the chosen config, so none are passed); `prune(configs, named_args, **meta)` drops
+    configurations before timing (triton's early_config_prune; it must leave at least one).
+    Under the interpreter: the bare kernel and one fixed configuration.
     """
     if INTERPRET:
         return kernel, dict(interpret_meta)
-    return triton.autotune(configs=gpu_configs, key=key)(kernel), {}
+    by = {"early_config_prune": prune} if prune is not None else None
+    return triton.autotune(configs=gpu_configs, key=key, prune_configs_by=by)(kernel), {}
 
 
 def device_guard(device: torch.device):

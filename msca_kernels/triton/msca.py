@@ -44,6 +44,13 @@ from ._common import block, size_bucket
 
 
 @triton.jit
+def _tile(rows, r_ok, offs_p, P, s_p):
+    """A (rows, positions) tile: rows[:, None] + offs_p * s_p, zero outside the map."""
+    return tl.load(rows + offs_p[None, :] * s_p, mask=r_ok[:, None] & (offs_p < P)[None, :],
+                   other=0.0)
+
+
+@triton.jit
 def _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr, offs_k, offs_p, k_ok, p_ok, s_sbk,
                      s_sbp, HAS_SB: tl.constexpr, DOT_PREC: tl.constexpr):
     """a = phi_x x + phi_c c + phi_bias (+ spatial_bias), -inf outside the valid (k, j)."""
@@ -266,15 +273,25 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
     acc_dpsi = tl.zeros([BLOCK_K, BLOCK_M], tl.float32)
     acc_dpsib = tl.zeros([BLOCK_K], tl.float32)
     n_tiles = tl.cdiv(P1, BLOCK_T)
+    f_rows = fc1_ptr + b * s_fb + offs_m[:, None] * s_fc
+    do_rows = do_ptr + b * N * P1 + offs_n[:, None] * P1
+    offs_t = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    f_next = _tile(f_rows, m_ok, offs_t, P1, s_fp)
+    do_next = _tile(do_rows, n_ok, offs_t, P1, 1)
     for it in range(0, tl.cdiv(n_tiles, S)):
         offs_t = (pid + it * S) * BLOCK_T + tl.arange(0, BLOCK_T)
         t_ok = offs_t < P1
-        f = tl.load(fc1_ptr + b * s_fb + offs_m[:, None] * s_fc + offs_t[None, :] * s_fp,
-                    mask=m_ok[:, None] & t_ok[None, :], other=0.0)
+        # Software pipelining by hand: this tile's f and dout were loaded one iteration ahead,
+        # and the next tile's loads are issued before this tile's math, which hides their
+        # latency. Triton's pipeliner cannot stream them into shared memory itself: each feeds
+        # dots as different operands (f: the logits' B and dpsi's transposed B; dout: dbeta's B
+        # and dVm's A). Past the last tile the loads are masked (no traffic).
+        f, do = f_next, do_next
+        offs_q = offs_t + S * BLOCK_T
+        f_next = _tile(f_rows, m_ok, offs_q, P1, s_fp)
+        do_next = _tile(do_rows, n_ok, offs_q, P1, 1)
         beta = _target_softmax(psi, f, psi_b, cb_ptr + b * s_cbb, offs_k, offs_t, k_ok, t_ok,
                                s_cbk, s_cbt, HAS_CB, DOT_PREC)
-        do = tl.load(do_ptr + b * N * P1 + offs_n[:, None] * P1 + offs_t[None, :],
-                     mask=n_ok[:, None] & t_ok[None, :], other=0.0)
         dbeta = tl.dot(vm_t, do.to(tl.float32), input_precision=DOT_PREC)  # (K, T)
         db = beta * (dbeta - tl.sum(beta * dbeta, axis=0)[None, :])
         dfc1 = tl.dot(psi_t32, db, input_precision=DOT_PREC)  # (M1, T)
@@ -332,13 +349,20 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
     acc_dphic = tl.zeros([BLOCK_K, BLOCK_M], tl.float32)
     acc_dphib = tl.zeros([BLOCK_K], tl.float32)
     n_tiles = tl.cdiv(P2, BLOCK_P)
+    x_rows = fx2_ptr + b * s_xb + offs_n[:, None] * s_xc
+    c_rows = fc2_ptr + b * s_cb + offs_m[:, None] * s_cc
+    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    x_next = _tile(x_rows, n_ok, offs_p, P2, s_xp)
+    c_next = _tile(c_rows, m_ok, offs_p, P2, s_cp)
     for it in range(0, tl.cdiv(n_tiles, S)):
         offs_p = (pid + it * S) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = offs_p < P2
-        x = tl.load(fx2_ptr + b * s_xb + offs_n[:, None] * s_xc + offs_p[None, :] * s_xp,
-                    mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-        c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
-                    mask=m_ok[:, None] & p_ok[None, :], other=0.0)
+        # Prefetch by hand, as in the target pass: x and fc2 each feed dots as different
+        # operands (the logits, dalpha, dphi), so the pipeliner leaves their loads synchronous.
+        x, c = x_next, c_next
+        offs_q = offs_p + S * BLOCK_P
+        x_next = _tile(x_rows, n_ok, offs_q, P2, s_xp)
+        c_next = _tile(c_rows, m_ok, offs_q, P2, s_cp)
         a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
                              p_ok, s_sbk, s_sbp, HAS_SB, DOT_PREC)
         alpha = tl.where(row_ok[:, None], tl.exp(a - lse[:, None]), 0.0)  # (K, P)
@@ -384,6 +408,13 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
 # positions up at N = M = 64 in float32 and none at 16; the autotuner picks among these.
 _P_OPTIONS = [dict(BLOCK_P=16), dict(BLOCK_P=32), dict(BLOCK_P=64), dict(BLOCK_P=128)]
 _T_OPTIONS = [dict(BLOCK_T=16), dict(BLOCK_T=32), dict(BLOCK_T=64), dict(BLOCK_T=128)]
+# The backward passes: tiles of 16 and 32 positions with 2 or 3 pipeline stages (num_stages
+# serves the loads triton's pipeliner can stream, the bias tiles; fx2, fc2, fc1 and dout are
+# prefetched by hand, see the kernels) and 64 with 2; no 128 (165-255 registers already).
+_BWD_P = (_common.configs([dict(BLOCK_P=16), dict(BLOCK_P=32)], stages=(2, 3))
+          + _common.configs([dict(BLOCK_P=64)]))
+_BWD_T = (_common.configs([dict(BLOCK_T=16), dict(BLOCK_T=32)], stages=(2, 3))
+          + _common.configs([dict(BLOCK_T=64)]))
 _INTERP_P = dict(BLOCK_P=16, num_warps=4)
 _INTERP_T = dict(BLOCK_T=16, num_warps=4)
 
@@ -400,12 +431,34 @@ _fwd_kernel, _fwd_meta = _common.tuned(
     _msca_fwd_kernel, _common.configs(_P_OPTIONS), TUNE_KEYS["_msca_fwd_kernel"], _INTERP_P)
 _out_kernel, _out_meta = _common.tuned(
     _msca_out_kernel, _common.configs(_T_OPTIONS), TUNE_KEYS["_msca_out_kernel"], _INTERP_T)
+
+
+def prune_backward(configs: list, named_args: dict, **meta) -> list:
+    """The backward configurations worth timing: float32 keeps 8 warps only, and at
+    K >= 64 only the 16-position tile; never none (then the first, smallest configuration).
+
+    Why (ptxas -v for sm_90 on the runtime's specialisation, N = M1 = M2 = 64, no GPU to time
+    them): with the hand prefetch, float32 at 4 warps used 255 registers and spilled in the
+    target pass already at K = 16 (24 B; at K = 64 2.4 KB) and in the exemplar pass at K = 64
+    (228 B): each thread holds the K x N and K x M accumulators and weights next to two tiles.
+    At K = 64 the 8-warp 16-position tile still spills (480 B and 104 B; 16 warps, capped at
+    128 registers, spilled 1.6-1.8 KB): the least of those measured, kept. 16-bit inputs hold
+    half as much and keep every configuration."""
+    x = named_args.get("fx2_ptr", named_args.get("fc1_ptr"))
+    if x is None or x.dtype != torch.float32:
+        return configs
+    tile = lambda c: c.kwargs.get("BLOCK_P", c.kwargs.get("BLOCK_T"))  # noqa: E731
+    keep = [c for c in configs
+            if c.num_warps == 8 and (meta.get("BLOCK_K", 0) < 64 or tile(c) == 16)]
+    return keep or configs[:1]
+
+
 _bwd_target_kernel, _bwd_target_meta = _common.tuned(
-    _msca_bwd_target_kernel, _common.configs(_T_OPTIONS), TUNE_KEYS["_msca_bwd_target_kernel"],
-    _INTERP_T)
+    _msca_bwd_target_kernel, _BWD_T, TUNE_KEYS["_msca_bwd_target_kernel"], _INTERP_T,
+    prune=prune_backward)
 _bwd_exemplar_kernel, _bwd_exemplar_meta = _common.tuned(
-    _msca_bwd_exemplar_kernel, _common.configs(_P_OPTIONS),
-    TUNE_KEYS["_msca_bwd_exemplar_kernel"], _INTERP_P)
+    _msca_bwd_exemplar_kernel, _BWD_P, TUNE_KEYS["_msca_bwd_exemplar_kernel"], _INTERP_P,
+    prune=prune_backward)
 
 # The merge: a fixed configuration (it moves S x N x K floats once; no autotuning). Under the
 # interpreter (S <= 3) BLOCK_S = 2 so the loop over partial tiles runs more than once and masks

@@ -32,6 +32,9 @@ class Options:
     # Learnable inverse temperature of both MSCA softmaxes, initialised to this value and
     # folded into phi/psi (msca_kernels.nn.MSCA logit_scale); 0 = none, the paper's module.
     attention_logit_scale: float = 0.0
+    # The last N maps of every scale attend uniformly (the exemplar's global average), for
+    # target classes the exemplar lacks (msca_kernels.nn.MSCA global_maps); 0 = the paper's.
+    attention_global_maps: int = 0
     # "msca": the paper's generator (alignment above selects MSCA or an ablation);
     # "spade_vae": the global-style-code baseline of Table 1 (msca/models/style_code.py: an
     # exemplar encoder to (mu, logvar) and a SPADE generator on the target label and z).
@@ -128,6 +131,10 @@ class Options:
             raise ValueError(f"crop_size: expected >= 16 (five scales), got {self.crop_size}")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not (isinstance(self.attention_global_maps, int)
+                and 0 <= self.attention_global_maps <= min(self.attention_k)):
+            raise ValueError(f"attention_global_maps: expected an int in [0, min(attention_k)="
+                             f"{min(self.attention_k)}], got {self.attention_global_maps!r}")
         for name in ("attention_logit_scale", "lambda_corr_label", "lambda_corr_rgb",
                      "corr_gan_factor"):
             v = getattr(self, name)

@@ -29,12 +29,18 @@ class MSCA(tnn.Module):
     / channel_bias are added unscaled. With s0 ~ 10 the maps start usefully peaked: at
     PyTorch's default init the raw logits have std ~0.3, which leaves both softmaxes nearly
     uniform and the module behaving like global average pooling.
+
+    global_maps: the last `global_maps` of the K maps get no spatial logits (their phi rows
+    are held at zero), so their spatial softmax is uniform: each is the exemplar's global
+    average (GAP), which the channel softmax may still pick per target position. A target
+    region whose class the exemplar lacks then has somewhere sound to look; without it, it
+    has to borrow some other class's region. 0 is the paper's module.
     """
 
     def __init__(self, image_channels: int, label_channels_target: int,
                  label_channels_exemplar: int, k: int, *, mask_hidden: int | None = None,
                  feature_masking: bool = True, backend: str = "auto",
-                 logit_scale: float | None = None):
+                 logit_scale: float | None = None, global_maps: int = 0):
         super().__init__()
         for name, v in (("image_channels", image_channels),
                         ("label_channels_target", label_channels_target),
@@ -45,6 +51,15 @@ class MSCA(tnn.Module):
         self.label_channels_target = label_channels_target
         self.label_channels_exemplar = label_channels_exemplar
         self.k = k
+        if not isinstance(global_maps, int) or not 0 <= global_maps <= k:
+            raise ValueError(f"global_maps: expected an int in [0, k={k}], got {global_maps!r}")
+        self.global_maps = global_maps
+        # 1 for learned maps, 0 for the global ones; not persistent (a constructor argument,
+        # so state_dicts stay the same with or without it)
+        keep = torch.ones(k, 1)
+        if global_maps:
+            keep[k - global_maps:] = 0
+        self.register_buffer("_phi_keep", keep, persistent=False)
         self.feature_masking = feature_masking
         self.backend = backend
         self.phi = tnn.Conv2d(image_channels + label_channels_exemplar, k, 1)
@@ -75,6 +90,10 @@ class MSCA(tnn.Module):
         phi_w = self.phi.weight.flatten(1)
         psi_w = self.psi.weight.flatten(1)
         phi_b, psi_b = self.phi.bias, self.psi.bias
+        if self.global_maps:
+            keep = self._phi_keep.to(phi_w.dtype)
+            phi_w = phi_w * keep
+            phi_b = phi_b * keep[:, 0] if phi_b is not None else None
         if self.spatial_log_scale is not None:
             s = self.spatial_log_scale.exp()
             phi_w = phi_w * s
@@ -113,7 +132,8 @@ class MSCA(tnn.Module):
                 f"{self.label_channels_target}, label_channels_exemplar="
                 f"{self.label_channels_exemplar}, k={self.k}, feature_masking="
                 f"{self.feature_masking}, backend={self.backend!r}, "
-                f"logit_scale={self.spatial_log_scale is not None}")
+                f"logit_scale={self.spatial_log_scale is not None}, "
+                f"global_maps={self.global_maps}")
 
 
 class SPADE(tnn.Module):

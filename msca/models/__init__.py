@@ -35,7 +35,8 @@ def build_generator(opt, vgg: VGG19 | None = None):
         spade_norm=opt.spade_norm, spade_hidden=opt.spade_hidden,
         spectral_norm=opt.spectral_norm_G, backend=opt.backend, vgg=vgg,
         vgg_weights=opt.vgg_weights or None, init_type=opt.init_type, init_gain=opt.init_gain,
-        attention_logit_scale=opt.attention_logit_scale or None)
+        attention_logit_scale=opt.attention_logit_scale or None,
+        attention_global_maps=opt.attention_global_maps)
 
 
 def build_discriminator(opt) -> MultiscaleDiscriminator:

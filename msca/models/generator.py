@@ -101,7 +101,7 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
                  spectral_norm: bool = True, backend: str = "auto",
                  vgg: VGG19 | None = None, vgg_weights: str | None = None,
                  init_type: str = "xavier", init_gain: float = 0.02,
-                 attention_logit_scale: float | None = None):
+                 attention_logit_scale: float | None = None, attention_global_maps: int = 0):
         super().__init__()
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment: expected one of {ALIGNMENTS}, got {alignment!r}")
@@ -134,7 +134,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
             if alignment == "msca":
                 align.append(mk.nn.MSCA(n, m, m, self.attention_k[i], mask_hidden=mask_hidden,
                                         feature_masking=self.feature_masking, backend=backend,
-                                        logit_scale=attention_logit_scale))
+                                        logit_scale=attention_logit_scale,
+                                        global_maps=attention_global_maps))
             elif alignment == "gap":
                 align.append(GAPAlignment())
             else:

@@ -233,8 +233,10 @@ def option_changes(saved_options: dict, options: dict, saved_train: dict,
 def check_resume(path: str, ckpt: dict, options: dict, train: dict, *, force: bool) -> None:
     """Refuses (RunFolderError) to resume from ckpt with changed options unless force, in
     which case the changes are only warned about."""
-    changes = option_changes(ckpt.get("options") or {}, options, ckpt.get("train") or {},
-                             train)
+    from msca.options import Options
+    # an option the checkpoint predates takes its default, as it does when the run is loaded
+    saved = {**Options().to_dict(), **(ckpt.get("options") or {})}
+    changes = option_changes(saved, options, ckpt.get("train") or {}, train)
     if not changes:
         return
     listed = "; ".join(changes)

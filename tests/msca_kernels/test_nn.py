@@ -112,3 +112,35 @@ def test_msca_module_k1_constant_attention_is_gap():
     fx2, fc2, fc1 = torch.randn(2, 4, 6, 5), torch.randn(2, 3, 6, 5), torch.randn(2, 3, 4, 4)
     out = layer(fx2, fc2, fc1)
     assert torch.allclose(out, fx2.mean((2, 3), keepdim=True).expand(2, 4, 4, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_msca_global_maps_attend_uniformly_and_learn_only_their_channel_logits(backend):
+    torch.manual_seed(3)
+    layer = mk.nn.MSCA(5, 4, 4, 6, logit_scale=10.0, global_maps=2, backend=backend).double()
+    plain = mk.nn.MSCA(5, 4, 4, 6, logit_scale=10.0, backend=backend).double()
+    assert layer.state_dict().keys() == plain.state_dict().keys()  # a constructor argument
+    fx2, fc2 = torch.randn(2, 5, 7, 9).double(), torch.randn(2, 4, 7, 9).double()
+    fc1 = torch.randn(2, 4, 5, 6).double()
+    out, alpha, beta = layer(fx2, fc2, fc1, return_attention=True)
+    # the last two maps are the exemplar's global average; the others are learned and peaked
+    assert torch.allclose(alpha[:, -2:], torch.full_like(alpha[:, -2:], 1 / 63), atol=1e-12)
+    assert alpha[:, :-2].amax() > 5 / 63
+    # the same as the plain module with those phi rows zeroed by hand
+    plain.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        plain.phi.weight[-2:] = 0
+        plain.phi.bias[-2:] = 0
+    assert rel_err(out, plain(fx2, fc2, fc1)) < 1e-12
+    out.square().sum().backward()
+    assert layer.phi.weight.grad[-2:].abs().max() == 0       # no spatial logits to learn
+    assert layer.psi.weight.grad[-2:].abs().max() > 0        # still chosen per position
+    with pytest.raises(ValueError, match="global_maps"):
+        mk.nn.MSCA(5, 4, 4, 6, global_maps=7)
+
+
+def test_options_check_attention_global_maps():
+    from msca.options import Options
+    assert Options(attention_global_maps=1).attention_global_maps == 1
+    with pytest.raises(ValueError, match="attention_global_maps"):
+        Options(attention_global_maps=99)

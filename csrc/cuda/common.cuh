@@ -109,6 +109,13 @@ __device__ __forceinline__ void store4(T* dst, const acc_t<T> (&v)[4], int nvali
   }
 }
 
+// max(a, b) that keeps NaN: fmax drops it (fmax(NaN, 1) = 1), and a softmax whose maximum
+// dropped a NaN logit would hide it (issue 13: NaN in, NaN out).
+template <typename A>
+__device__ __forceinline__ A max_nan(A a, A b) {
+  return (a != a || a > b) ? a : b;
+}
+
 // Warp reductions with a fixed butterfly: every lane ends with the same, reproducible value.
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
@@ -116,10 +123,11 @@ __device__ __forceinline__ A warp_sum(A v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// NaN if any lane holds NaN (max_nan).
 template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 

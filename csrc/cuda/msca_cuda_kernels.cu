@@ -243,9 +243,10 @@ __device__ __forceinline__ void exemplar_logits(const T* fx2, const T* fc2, cons
 }
 
 // Target logits b[k][t] = psi_bias[k] + channel_bias[k][t] + psi[k,:] . fc1[:, t] into S, then
-// beta = softmax over k per position (a position whose logits are all -inf gets beta = 0).
-// Padding positions get finite logits from the bias alone; their results are never stored and
-// the other operand of every reduction is zero there.
+// beta = softmax over k per position (a position whose logits are all -inf gets beta = 0; a
+// NaN or +inf logit makes its position's beta NaN, which the max_nan keeps). Padding positions
+// get beta = 0 (their logits, bias plus an infinite weight times zero, may be NaN), so that
+// the reductions over positions see 0 there from both operands.
 template <typename T, typename A>
 __device__ __forceinline__ void target_beta(const T* fc1, const T* cb, const T* psi,
                                             const T* psi_bias, const MscaDims& d, int64_t p0,
@@ -271,8 +272,8 @@ __device__ __forceinline__ void target_beta(const T* fc1, const T* cb, const T* 
   }
   for (int j = threadIdx.x; j < kTile; j += blockDim.x) {
     A mx = neg_inf<A>();
-    for (int k = 0; k < K; ++k) mx = fmax(mx, S[k * kLd + j]);
-    if (mx == neg_inf<A>()) {
+    for (int k = 0; k < K; ++k) mx = max_nan(mx, S[k * kLd + j]);
+    if (mx == neg_inf<A>() || j >= pv) {
       for (int k = 0; k < K; ++k) S[k * kLd + j] = A(0);
     } else {
       A sum = A(0);
@@ -355,21 +356,24 @@ __global__ void __launch_bounds__(kThreads, 2)
     exemplar_logits<T, A>(fx2, fc2, sb, a.phi, a.phi_bias, static_cast<const A*>(nullptr), d,
                           p0, pv, vec, S, static_cast<A*>(nullptr), X, W1, W1);
     // Online softmax, one warp per row k: p = exp(a - m_new), l = l * e^(m_old - m_new) + sum p.
-    // A row with nothing but -inf so far keeps m = -inf, l = 0, p = 0.
+    // A row with nothing but -inf so far keeps m = -inf, l = 0, p = 0. A NaN logit makes m NaN
+    // (max_nan), and NaN stays in m, l and the partial V from then on, as in the reference; a
+    // +inf logit gives exp(inf - inf) = NaN too. Padding positions (j >= pv) get p = 0 whatever
+    // their logit: an infinite weight times the zero padding of X made it NaN.
     for (int k = warp; k < K; k += nw) {
       A* row = S + k * kLd;
       A mx = neg_inf<A>();
-      for (int j = lane; j < kTile; j += 32) mx = fmax(mx, row[j]);
+      for (int j = lane; j < pv; j += 32) mx = max_nan(mx, row[j]);
       mx = warp_max(mx);
       const A mold = m_s[k];
-      const A mnew = fmax(mold, mx);
+      const A mnew = max_nan(mold, mx);
       A sum = A(0), scale = A(1);
       if (mnew == neg_inf<A>()) {
         for (int j = lane; j < kTile; j += 32) row[j] = A(0);
       } else {
         scale = mold == neg_inf<A>() ? A(0) : exp_acc(mold - mnew);
         for (int j = lane; j < kTile; j += 32) {
-          const A e = exp_acc(row[j] - mnew);
+          const A e = j < pv ? exp_acc(row[j] - mnew) : A(0);
           row[j] = e;
           sum += e;
         }
@@ -412,21 +416,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (e >= NK) return;
   const int64_t k = e % d.K, n = e / d.K;
   const int64_t i0 = static_cast<int64_t>(b) * splits;
+  // A split whose m is NaN (a NaN or +inf logit) makes M, and so Lsum, V and lse, NaN. Lsum is
+  // exactly 0 only when every logit of the row is -inf: it attends to nothing (V = 0).
   A M = neg_inf<A>();
-  for (int s = 0; s < splits; ++s) M = fmax(M, ws[w.m + (i0 + s) * d.K + k]);
+  for (int s = 0; s < splits; ++s) M = max_nan(M, ws[w.m + (i0 + s) * d.K + k]);
   A v = A(0), Lsum = A(0);
-  if (M > neg_inf<A>()) {
+  if (M != neg_inf<A>()) {
     for (int s = 0; s < splits; ++s) {
       const A ms = ws[w.m + (i0 + s) * d.K + k];
-      if (ms > neg_inf<A>()) {
+      if (ms != neg_inf<A>()) {
         const A f = exp_acc(ms - M);
         Lsum = fma(f, ws[w.l + (i0 + s) * d.K + k], Lsum);
         v = fma(f, ws[w.V + (i0 + s) * NK + e], v);
       }
     }
   }
-  a.V[b * NK + e] = Lsum > A(0) ? v / Lsum : A(0);
-  if (n == 0) a.lse[b * d.K + k] = Lsum > A(0) ? M + log_acc(Lsum) : neg_inf<A>();
+  const bool none = Lsum == A(0);
+  a.V[b * NK + e] = none ? A(0) : v / Lsum;
+  if (n == 0) a.lse[b * d.K + k] = none ? neg_inf<A>() : M + log_acc(Lsum);
 }
 
 template <typename T>
@@ -505,11 +512,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       mm_nt(cc, K, X, S, [&](int n, int k, A v) { partial(dvm + (n0 + n) * K + k, v, first); });
       __syncthreads();
     }
-    // db = beta * (dbeta - sum_k beta dbeta), per position
+    // db = beta * (dbeta - sum_k beta dbeta), per position; 0 at padding (dbeta there is Vm
+    // times zero, NaN for an infinite Vm)
     for (int j = threadIdx.x; j < kTile; j += blockDim.x) {
       A sdot = A(0);
       for (int k = 0; k < K; ++k) sdot = fma(S[k * kLd + j], D[k * kLd + j], sdot);
-      for (int k = 0; k < K; ++k) D[k * kLd + j] = S[k * kLd + j] * (D[k * kLd + j] - sdot);
+      for (int k = 0; k < K; ++k)
+        D[k * kLd + j] = j < pv ? S[k * kLd + j] * (D[k * kLd + j] - sdot) : A(0);
     }
     __syncthreads();
     if (a.dchannel_bias) store_tile_rows<T, A>(a.dchannel_bias + b * d.K * P1, P1, p0, pv, D, K);
@@ -594,13 +603,15 @@ __global__ void __launch_bounds__(kThreads, 2)
     // logits a (as in the forward) and dalpha = dV^T fx2
     exemplar_logits<T, A>(fx2, fc2, sbias, a.phi, a.phi_bias, dV, d, p0, pv, vec, S, D, X, W1,
                           W2);
-    // alpha = exp(a - lse) (0 for a row with lse = -inf, and at padding); da = alpha (dalpha - c)
+    // alpha = exp(a - lse) (0 for a row with lse = -inf, and at padding; NaN for lse = NaN);
+    // da = alpha (dalpha - c), 0 at padding (dalpha there is dV times zero, NaN for dV = inf)
     for (int e = threadIdx.x; e < K * kTile; e += blockDim.x) {
       const int k = e / kTile, j = e - k * kTile;
       const A l = lse[k];
-      const A al = l > neg_inf<A>() ? exp_acc(S[k * kLd + j] - l) : A(0);
+      const bool off = l == neg_inf<A>() || j >= pv;
+      const A al = off ? A(0) : exp_acc(S[k * kLd + j] - l);
       S[k * kLd + j] = al;
-      D[k * kLd + j] = al * (D[k * kLd + j] - cvec[k]);
+      D[k * kLd + j] = off ? A(0) : al * (D[k * kLd + j] - cvec[k]);
     }
     __syncthreads();
     if (a.dspatial_bias) store_tile_rows<T, A>(a.dspatial_bias + b * d.K * P2, P2, p0, pv, D, K);

@@ -185,6 +185,9 @@ __device__ __forceinline__ void for_all(const SpadeDims& d, bool vec, F&& f) {
   }
 }
 
+// out = xhat * (1 + gamma) + beta, as the reference writes it: with an infinite xhat (an
+// infinite running mean) and gamma < -1, xhat + xhat * gamma would be inf - inf = NaN where the
+// reference has +-inf. The backward's dy * (1 + gamma) likewise.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2)
     apply_fwd_kernel(const T* __restrict__ x, const T* __restrict__ gamma,
@@ -204,12 +207,12 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A xh = (Conv<T>::in(xs.v[i]) - mu) * r;
-        o.v[i] = Conv<T>::out(xh + xh * Conv<T>::in(gs.v[i]) + Conv<T>::in(bs.v[i]));
+        o.v[i] = Conv<T>::out(xh * (A(1) + Conv<T>::in(gs.v[i])) + Conv<T>::in(bs.v[i]));
       }
       *reinterpret_cast<Pack<T, V>*>(out + i0) = o;
     } else {
       const A xh = (Conv<T>::in(x[i0]) - mu) * r;
-      out[i0] = Conv<T>::out(xh + xh * Conv<T>::in(gamma[i0]) + Conv<T>::in(beta[i0]));
+      out[i0] = Conv<T>::out(xh * (A(1) + Conv<T>::in(gamma[i0])) + Conv<T>::in(beta[i0]));
     }
   });
 }
@@ -229,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   A sg = A(0), sgd = A(0), sd = A(0);
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     const A dv = Conv<T>::in(dy[base + i]);
-    const A g = dv + dv * Conv<T>::in(gamma[base + i]);
+    const A g = dv * (A(1) + Conv<T>::in(gamma[base + i]));
     const A dx = Conv<T>::in(x[base + i]) - mu;
     sg += g;
     sgd = fma(g, dx, sgd);
@@ -284,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int64_t g = group_of_row(d, i0 / d.P);
     const A mu = coef[4 * g], r = coef[4 * g + 1], k0 = coef[4 * g + 2], k1 = coef[4 * g + 3];
     auto one = [&](A dv, A xv, A gm, T& dxo, T& dgo) {
-      const A gg = dv + dv * gm;
+      const A gg = dv * (A(1) + gm);
       const A xh = (xv - mu) * r;
       dgo = Conv<T>::out(dv * xh);
       dxo = Conv<T>::out(gg * r + k0 + xh * k1);

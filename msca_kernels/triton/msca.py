@@ -186,27 +186,29 @@ def _msca_merge_kernel(vp_ptr, mp_ptr, lp_ptr, v_ptr, lse_ptr, N, K, S,
     over s: the maxima first, then the rescaled sums; the order of the sums is fixed, so the
     result is deterministic."""
     b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    # Within one batch item's partials 32-bit offsets suffice (S x BLOCK_N x BLOCK_K is small);
+    # each tile's pointers are formed once and moved by s0 (fewer live 64-bit values: the
+    # int64 index form spilled on sm_90).
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_n, offs_k = offs_c // BLOCK_K, offs_c % BLOCK_K
-    base = b * S
+    rows = tl.arange(0, BLOCK_S)
+    m_tile = mp_ptr + b * S * BLOCK_K + rows[:, None] * BLOCK_K + offs_k[None, :]
+    l_tile = lp_ptr + b * S * BLOCK_K + rows[:, None] * BLOCK_K + offs_k[None, :]
+    v_tile = (vp_ptr + b * S * (BLOCK_N * BLOCK_K) + rows[:, None] * (BLOCK_N * BLOCK_K)
+              + offs_c[None, :])
     mx = tl.full([BLOCK_C], float("-inf"), tl.float32)
     for s0 in range(0, S, BLOCK_S):
-        offs_s = base + s0 + tl.arange(0, BLOCK_S)
-        s_ok = (s0 + tl.arange(0, BLOCK_S) < S)[:, None]
-        m = tl.load(mp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok,
-                    other=float("-inf"))
+        s_ok = (s0 + rows < S)[:, None]
+        m = tl.load(m_tile + s0 * BLOCK_K, mask=s_ok, other=float("-inf"))
         mx = tl.maximum(mx, tl.max(m, axis=0))
     mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
     total = tl.zeros([BLOCK_C], tl.float32)
     acc = tl.zeros([BLOCK_C], tl.float32)
     for s0 in range(0, S, BLOCK_S):
-        offs_s = base + s0 + tl.arange(0, BLOCK_S)
-        s_ok = (s0 + tl.arange(0, BLOCK_S) < S)[:, None]
-        m = tl.load(mp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok,
-                    other=float("-inf"))
-        l = tl.load(lp_ptr + offs_s[:, None] * BLOCK_K + offs_k[None, :], mask=s_ok, other=0.0)
-        vp = tl.load(vp_ptr + offs_s[:, None] * (BLOCK_N * BLOCK_K) + offs_c[None, :],
-                     mask=s_ok, other=0.0)
+        s_ok = (s0 + rows < S)[:, None]
+        m = tl.load(m_tile + s0 * BLOCK_K, mask=s_ok, other=float("-inf"))
+        l = tl.load(l_tile + s0 * BLOCK_K, mask=s_ok, other=0.0)
+        vp = tl.load(v_tile + s0 * (BLOCK_N * BLOCK_K), mask=s_ok, other=0.0)
         w = tl.exp(m - mx_safe[None, :])  # 0 for the padding rows (m = -inf)
         total += tl.sum(w * l, axis=0)
         acc += tl.sum(w * vp, axis=0)

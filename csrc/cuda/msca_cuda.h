@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace msca_cuda {
 
@@ -74,6 +75,19 @@ struct MscaBwdArgs {
   T* dspatial_bias;       // (B, K, P2) or null (not wanted)
   T* dchannel_bias;       // (B, K, P1) or null (not wanted)
 };
+
+// Dynamic shared memory per block, in bytes, of the larger tile kernel of the forward
+// (backward) pass for K maps and an accumulation type of acc_size bytes. Above 48 KiB the
+// launchers opt in; the device's opt-in maximum (cudaDevAttrMaxSharedMemoryPerBlockOptin) is
+// 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/89/120.
+size_t msca_smem_bytes(int64_t K, size_t acc_size, bool backward);
+// The largest K (at most kMaxK) whose forward (backward) kernels fit in smem_limit bytes per
+// block; 0 if none does.
+int64_t msca_max_k(size_t acc_size, size_t smem_limit, bool backward);
+// "" if the kernels for K maps fit in smem_limit bytes per block; otherwise a message naming
+// phi_weight's K, the bytes needed, the limit and the largest K that fits (the torch binding
+// raises it before launching; the launchers alone return cudaErrorInvalidValue).
+std::string msca_smem_check(int64_t K, size_t acc_size, size_t smem_limit, bool backward);
 
 // Workspace in bytes (any 256-byte aligned device buffer; contents need not be initialised).
 size_t msca_fwd_workspace_bytes(const MscaDims& d, int sm_count, size_t acc_size);

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -105,6 +106,18 @@ int sm_count() {
   return n;
 }
 
+// The tile kernels' shared memory must fit the device's per-block opt-in maximum (99 KiB on
+// sm_86/89/120: float64 with K > 52 does not fit the backward there). Checked before any
+// launch, with a message naming K and the limit instead of the launch's "invalid argument".
+void check_shared_memory(const msca_cuda::MscaDims& d, at::ScalarType acc, bool backward) {
+  int dev = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const std::string err = msca_cuda::msca_smem_check(d.K, acc == at::kDouble ? 8 : 4,
+                                                     static_cast<size_t>(optin), backward);
+  TORCH_CHECK_VALUE(err.empty(), "msca (cuda): ", err);
+}
+
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "msca (cuda): ", what, " failed: ", cudaGetErrorString(err));
 }
@@ -120,6 +133,7 @@ std::tuple<Tensor, Tensor, Tensor> msca_fwd_cuda(const Tensor& fx2, const Tensor
                               spatial_bias, channel_bias);
   const c10::cuda::CUDAGuard guard(fx2.device());
   const auto acc = accum_type(fx2.scalar_type());
+  check_shared_memory(d, acc, /*backward=*/false);
   Tensor out = at::empty({d.B, d.N, d.P1}, fx2.options());
   Tensor V = at::empty({d.B, d.N, d.K}, fx2.options().dtype(acc));
   Tensor lse = at::empty({d.B, d.K}, fx2.options().dtype(acc));
@@ -166,6 +180,7 @@ msca_bwd_cuda(const Tensor& grad_out, const Tensor& fx2, const Tensor& fc2, cons
   check_input(grad_out, "grad_out", {d.B, d.N, d.P1}, dt, dev);
   check_input(V, "V", {d.B, d.N, d.K}, acc, dev);
   check_input(lse, "lse", {d.B, d.K}, acc, dev);
+  check_shared_memory(d, acc, /*backward=*/true);
   const bool want_dsb = need_spatial_bias_grad && spatial_bias.has_value() && spatial_bias->defined();
   const bool want_dcb = need_channel_bias_grad && channel_bias.has_value() && channel_bias->defined();
   Tensor dfx2 = at::empty_like(fx2), dfc2 = at::empty_like(fc2), dfc1 = at::empty_like(fc1);

@@ -42,20 +42,33 @@ constexpr int kLd = kTile + 4;
 constexpr int kCC = 32;
 constexpr int kThreads = 256;
 
-// Shared-memory layout in elements of A. Every offset is a multiple of 4 elements, so the
-// 4-wide shared loads (ld4) stay aligned.
+// The four tile kernels; each reserves only the shared buffers it uses.
+enum class Pass { FwdExemplar, FwdTarget, BwdTarget, BwdExemplar };
+
+// Shared-memory layout of a pass in elements of A; a buffer the pass does not use has offset
+// -1 and no room (D and W2 in the forward, the softmax state st outside forward pass 1: one
+// layout for all four used to give the forward 60 KiB at K = 64 in float32 where it needs 34
+// KiB, past the 48 KiB that needs no opt-in). Every offset is a multiple of 4 elements, so
+// the 4-wide shared loads (ld4) stay aligned.
 struct Layout {
   int64_t S, D, X, W1, W2, st, total;
 };
-__host__ __device__ inline Layout layout_for(int64_t K) {
+__host__ __device__ inline Layout layout_for(int64_t K, Pass p) {
+  const bool bwd = p == Pass::BwdTarget || p == Pass::BwdExemplar;
   Layout l;
-  l.S = 0;
-  l.D = K * kLd;
-  l.X = 2 * K * kLd;
-  l.W1 = l.X + kCC * kLd;
-  l.W2 = l.W1 + kCC * K;
-  l.st = l.W2 + kCC * K;
-  l.total = l.st + ((3 * K + 3) / 4) * 4;
+  int64_t o = 0;
+  auto take = [&o](bool used, int64_t n) {
+    const int64_t at = used ? o : -1;
+    o += used ? n : 0;
+    return at;
+  };
+  l.S = take(true, K * kLd);
+  l.D = take(bwd, K * kLd);
+  l.X = take(true, kCC * kLd);
+  l.W1 = take(true, kCC * K);
+  l.W2 = take(p == Pass::BwdExemplar, kCC * K);
+  l.st = take(p == Pass::FwdExemplar, (3 * K + 3) / 4 * 4);
+  l.total = o;
   return l;
 }
 
@@ -124,29 +137,79 @@ __device__ __forceinline__ void load_rows(A* __restrict__ dst, const T* __restri
 
 // out[r][j..j+3] = sum_{c<C1} W1[c*ldw1 + r] X1[c][j..] + sum_{c<C2} W2[c*ldw2 + r] X2[c][j..],
 // handed to epi(r, j, acc) for r < R and every 4-position group j of the tile.
-template <typename A, typename Epi>
+//
+// Work items are (row, 4 positions): R * 16 of them. With at least half a block of items each
+// thread takes whole items. With fewer (R < 8 for 256 threads: the logits of K = 8 maps gave
+// work to half the threads, K = 4 to a quarter), the sum over c of an item is split among cs =
+// 2, 4 or 8 lanes of one warp (lane slice q takes c = q, q + cs, ...) and the slices are added
+// with a fixed butterfly of shuffles, so every thread works. The lanes of one slice cover up to
+// 2 rows x 8 position groups, so that a warp still reads each row of X once per c for two rows
+// of output (the broadcast of the whole-item layout), not once per row. kMaxSplit = 1 keeps the
+// plain sequential sum over c, for a product that must round exactly like another sum.
+template <int kMaxSplit = 8, typename A, typename Epi>
 __device__ __forceinline__ void mm_tn(int R, int C1, const A* __restrict__ W1, int ldw1,
                                       const A* __restrict__ X1, int C2, const A* __restrict__ W2,
                                       int ldw2, const A* __restrict__ X2, Epi&& epi) {
   constexpr int G = kTile / 4;
-  for (int g = threadIdx.x; g < R * G; g += blockDim.x) {
-    const int r = g / G, j = (g - r * G) * 4;
+  const int items = R * G;
+  const int nthreads = static_cast<int>(blockDim.x);
+  int cs = 1;
+  while (cs < kMaxSplit && items * cs * 2 <= nthreads) cs *= 2;
+  if (cs == 1) {
+    for (int g = threadIdx.x; g < items; g += nthreads) {
+      const int r = g / G, j = (g - r * G) * 4;
+      A acc[4] = {A(0), A(0), A(0), A(0)};
+      for (int c = 0; c < C1; ++c) {
+        const A w = W1[c * ldw1 + r];
+        A x[4];
+        ld4(X1 + c * kLd + j, x);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+      }
+      for (int c = 0; c < C2; ++c) {
+        const A w = W2[c * ldw2 + r];
+        A x[4];
+        ld4(X2 + c * kLd + j, x);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+      }
+      epi(r, j, acc);
+    }
+    return;
+  }
+  const int lanes = 32 / cs;                   // lanes of one slice of c
+  const int rr = lanes >= 16 ? lanes / 8 : 1;  // rows per warp
+  const int jg = lanes / rr;                   // position groups per warp
+  const int lane = threadIdx.x % 32, q = lane / lanes, l = lane % lanes;
+  const int jblocks = G / jg;
+  const int nwarp_items = (R + rr - 1) / rr * jblocks;
+  // Every lane of a warp runs the same iterations (the shuffles need the whole warp).
+  for (int wi = threadIdx.x / 32; wi < nwarp_items; wi += nthreads / 32) {
+    const int r = (wi / jblocks) * rr + l / jg;
+    const int j = ((wi % jblocks) * jg + l % jg) * 4;
+    const bool live = r < R;
     A acc[4] = {A(0), A(0), A(0), A(0)};
-    for (int c = 0; c < C1; ++c) {
-      const A w = W1[c * ldw1 + r];
-      A x[4];
-      ld4(X1 + c * kLd + j, x);
+    if (live) {
+      for (int c = q; c < C1; c += cs) {
+        const A w = W1[c * ldw1 + r];
+        A x[4];
+        ld4(X1 + c * kLd + j, x);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
-    }
-    for (int c = 0; c < C2; ++c) {
-      const A w = W2[c * ldw2 + r];
-      A x[4];
-      ld4(X2 + c * kLd + j, x);
+        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+      }
+      for (int c = q; c < C2; c += cs) {
+        const A w = W2[c * ldw2 + r];
+        A x[4];
+        ld4(X2 + c * kLd + j, x);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+      }
     }
-    epi(r, j, acc);
+    for (int o = lanes; o < 32; o <<= 1) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+    if (live && q == 0) epi(r, j, acc);
   }
 }
 
@@ -236,10 +299,39 @@ __device__ __forceinline__ void exemplar_logits(const T* fx2, const T* fc2, cons
       }
       __syncthreads();
       mm_tn(K, cc, W1, K, X, 0, W1, K, X, AccumInto<A>{S});
-      if (src == 0 && dV) mm_tn(K, cc, W2, K, X, 0, W2, K, X, AccumInto<A>{D});
+      // dalpha in the sequential order of bwd_mid's c = sum_n dV V: for a one-hot alpha row
+      // (large logits) V is exactly a column of fx2 and dalpha - c must cancel exactly, or
+      // the error is amplified by phi (a split sum gave 5e-3 instead of 1e-4 on fc2's
+      // gradient at logits of 1e4, test_msca_large_logits)
+      if (src == 0 && dV) mm_tn<1>(K, cc, W2, K, X, 0, W2, K, X, AccumInto<A>{D});
       __syncthreads();
     }
   }
+}
+
+// Per-position work over k (the beta softmax and its backward): kColLanes lanes of a warp share
+// one position, lane slice q taking k = q, q + kColLanes, ...; a warp covers kColWarp
+// positions, the 256 threads of a block all 64 of a tile (one position per thread left 3 in 4
+// threads idle). The slices are combined with a fixed butterfly (lanes kColWarp and
+// 2 * kColWarp apart), so every lane of a position gets the same value. Every lane of a warp
+// runs the same iterations (the shuffles need the whole warp).
+constexpr int kColLanes = 4;
+constexpr int kColWarp = 32 / kColLanes;
+__device__ __forceinline__ int column_base() { return static_cast<int>(threadIdx.x / 32) * kColWarp; }
+__device__ __forceinline__ int column_stride() {
+  return static_cast<int>(blockDim.x / 32) * kColWarp;
+}
+template <typename A>
+__device__ __forceinline__ A column_sum(A v) {
+#pragma unroll
+  for (int o = kColWarp; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename A>
+__device__ __forceinline__ A column_max(A v) {
+#pragma unroll
+  for (int o = kColWarp; o < 32; o <<= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 
 // Target logits b[k][t] = psi_bias[k] + channel_bias[k][t] + psi[k,:] . fc1[:, t] into S, then
@@ -270,21 +362,22 @@ __device__ __forceinline__ void target_beta(const T* fc1, const T* cb, const T* 
     mm_tn(K, cc, W1, K, X, 0, W1, K, X, AccumInto<A>{S});
     __syncthreads();
   }
-  for (int j = threadIdx.x; j < kTile; j += blockDim.x) {
+  // The softmax over k, kColLanes lanes per position (the whole block for the 64 positions).
+  for (int j0 = column_base(); j0 < kTile; j0 += column_stride()) {
+    const int j = j0 + threadIdx.x % 32 % kColWarp, q = threadIdx.x % 32 / kColWarp;
     A mx = neg_inf<A>();
-    for (int k = 0; k < K; ++k) mx = max_nan(mx, S[k * kLd + j]);
-    if (mx == neg_inf<A>() || j >= pv) {
-      for (int k = 0; k < K; ++k) S[k * kLd + j] = A(0);
-    } else {
-      A sum = A(0);
-      for (int k = 0; k < K; ++k) {
-        const A e = exp_acc(S[k * kLd + j] - mx);
-        S[k * kLd + j] = e;
-        sum += e;
-      }
-      const A inv = A(1) / sum;
-      for (int k = 0; k < K; ++k) S[k * kLd + j] *= inv;
+    for (int k = q; k < K; k += kColLanes) mx = max_nan(mx, S[k * kLd + j]);
+    mx = column_max(mx);
+    const bool zero = mx == neg_inf<A>() || j >= pv;
+    A sum = A(0);
+    for (int k = q; k < K; k += kColLanes) {
+      const A e = zero ? A(0) : exp_acc(S[k * kLd + j] - mx);
+      S[k * kLd + j] = e;
+      sum += e;
     }
+    sum = column_sum(sum);
+    const A inv = zero ? A(0) : A(1) / sum;
+    for (int k = q; k < K; k += kColLanes) S[k * kLd + j] *= inv;
   }
   __syncthreads();
 }
@@ -325,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                         bool vec, acc_t<T>* __restrict__ ws) {
   using A = acc_t<T>;
   A* sm = smem_base<A>();
-  const Layout L = layout_for(d.K);
+  const Layout L = layout_for(d.K, Pass::FwdExemplar);
   A* S = sm + L.S;
   A* X = sm + L.X;
   A* W1 = sm + L.W1;
@@ -441,7 +534,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     fwd_target_kernel(MscaFwdArgs<T, acc_t<T>> a, MscaDims d, bool vec) {
   using A = acc_t<T>;
   A* sm = smem_base<A>();
-  const Layout L = layout_for(d.K);
+  const Layout L = layout_for(d.K, Pass::FwdTarget);
   A* S = sm + L.S;
   A* X = sm + L.X;
   A* W1 = sm + L.W1;
@@ -474,7 +567,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                       acc_t<T>* __restrict__ ws) {
   using A = acc_t<T>;
   A* sm = smem_base<A>();
-  const Layout L = layout_for(d.K);
+  const Layout L = layout_for(d.K, Pass::BwdTarget);
   A* S = sm + L.S;
   A* D = sm + L.D;
   A* X = sm + L.X;
@@ -514,10 +607,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     // db = beta * (dbeta - sum_k beta dbeta), per position; 0 at padding (dbeta there is Vm
     // times zero, NaN for an infinite Vm)
-    for (int j = threadIdx.x; j < kTile; j += blockDim.x) {
+    for (int j0 = column_base(); j0 < kTile; j0 += column_stride()) {
+      const int j = j0 + threadIdx.x % 32 % kColWarp, q = threadIdx.x % 32 / kColWarp;
       A sdot = A(0);
-      for (int k = 0; k < K; ++k) sdot = fma(S[k * kLd + j], D[k * kLd + j], sdot);
-      for (int k = 0; k < K; ++k)
+      for (int k = q; k < K; k += kColLanes) sdot = fma(S[k * kLd + j], D[k * kLd + j], sdot);
+      sdot = column_sum(sdot);
+      for (int k = q; k < K; k += kColLanes)
         D[k * kLd + j] = j < pv ? S[k * kLd + j] * (D[k * kLd + j] - sdot) : A(0);
     }
     __syncthreads();
@@ -574,7 +669,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                         bool vec, acc_t<T>* __restrict__ ws) {
   using A = acc_t<T>;
   A* sm = smem_base<A>();
-  const Layout L = layout_for(d.K);
+  const Layout L = layout_for(d.K, Pass::BwdExemplar);
   A* S = sm + L.S;
   A* D = sm + L.D;
   A* X = sm + L.X;
@@ -677,9 +772,8 @@ bool vec_ok(int64_t P, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-template <typename A>
-size_t smem_bytes(int64_t K) {
-  return static_cast<size_t>(layout_for(K).total) * sizeof(A);
+size_t smem_bytes(int64_t K, Pass p, size_t acc_size) {
+  return static_cast<size_t>(layout_for(K, p).total) * acc_size;
 }
 
 // Kernels whose shared memory exceeds the default 48 KiB must opt in (float64 with large K).
@@ -691,6 +785,32 @@ cudaError_t allow_smem(Kern kernel, size_t bytes) {
 }
 
 }  // namespace
+
+size_t msca_smem_bytes(int64_t K, size_t acc_size, bool backward) {
+  const Pass a = backward ? Pass::BwdTarget : Pass::FwdExemplar;
+  const Pass b = backward ? Pass::BwdExemplar : Pass::FwdTarget;
+  const size_t x = smem_bytes(K, a, acc_size), y = smem_bytes(K, b, acc_size);
+  return x > y ? x : y;
+}
+
+int64_t msca_max_k(size_t acc_size, size_t smem_limit, bool backward) {
+  int64_t k = kMaxK;
+  while (k > 0 && msca_smem_bytes(k, acc_size, backward) > smem_limit) --k;
+  return k;
+}
+
+std::string msca_smem_check(int64_t K, size_t acc_size, size_t smem_limit, bool backward) {
+  const size_t need = msca_smem_bytes(K, acc_size, backward);
+  if (need <= smem_limit) return std::string();
+  const int64_t kmax = msca_max_k(acc_size, smem_limit, backward);
+  const char* dtype = acc_size == 8 ? "float64" : "float32/float16/bfloat16";
+  return "phi_weight: K = " + std::to_string(K) + " attention maps in " + dtype + " need " +
+         std::to_string(need) + " bytes of shared memory per block in the " +
+         (backward ? "backward" : "forward") + " kernels, more than the " +
+         std::to_string(smem_limit) + " this GPU allows; expected K <= " + std::to_string(kmax) +
+         " in " + dtype + " on this GPU" +
+         (acc_size == 8 ? " (or float32, or another backend)" : " (or another backend)");
+}
 
 size_t msca_fwd_workspace_bytes(const MscaDims& d, int sm_count, size_t acc_size) {
   const int64_t s = splits_for(ceil_div(d.P2, kTile), d.B, sm_count);
@@ -709,22 +829,23 @@ cudaError_t msca_fwd(const MscaFwdArgs<T, A>& a, const MscaDims& d, void* worksp
   static_assert(std::is_same<A, acc_t<T>>::value, "V and lse use the accumulation type");
   if (!dims_ok(d)) return cudaErrorInvalidValue;
   A* ws = static_cast<A*>(workspace);
-  const size_t smem = smem_bytes<A>(d.K);
+  const size_t smem1 = smem_bytes(d.K, Pass::FwdExemplar, sizeof(A));
+  const size_t smem2 = smem_bytes(d.K, Pass::FwdTarget, sizeof(A));
   cudaError_t err;
-  if ((err = allow_smem(fwd_exemplar_kernel<T>, smem)) != cudaSuccess) return err;
-  if ((err = allow_smem(fwd_target_kernel<T>, smem)) != cudaSuccess) return err;
+  if ((err = allow_smem(fwd_exemplar_kernel<T>, smem1)) != cudaSuccess) return err;
+  if ((err = allow_smem(fwd_target_kernel<T>, smem2)) != cudaSuccess) return err;
   const int64_t nt2 = ceil_div(d.P2, kTile), nt1 = ceil_div(d.P1, kTile);
   const int splits = static_cast<int>(splits_for(nt2, d.B, sm_count));
   const bool vec2 = vec_ok<T>(d.P2, {a.fx2, a.fc2});
   const bool vec1 = vec_ok<T>(d.P1, {a.fc1, a.out});
   const dim3 g1(splits, static_cast<unsigned>(d.B));
-  fwd_exemplar_kernel<T><<<g1, kThreads, smem, stream>>>(a, d, splits, static_cast<int>(nt2),
+  fwd_exemplar_kernel<T><<<g1, kThreads, smem1, stream>>>(a, d, splits, static_cast<int>(nt2),
                                                         vec2, ws);
   const dim3 gm(static_cast<unsigned>(ceil_div(d.N * d.K, kThreads)),
                 static_cast<unsigned>(d.B));
   fwd_merge_kernel<T><<<gm, kThreads, 0, stream>>>(a, d, splits, ws);
   const dim3 g2(static_cast<unsigned>(nt1), static_cast<unsigned>(d.B));
-  fwd_target_kernel<T><<<g2, kThreads, smem, stream>>>(a, d, vec1);
+  fwd_target_kernel<T><<<g2, kThreads, smem2, stream>>>(a, d, vec1);
   return cudaGetLastError();
 }
 
@@ -734,10 +855,11 @@ cudaError_t msca_bwd(const MscaBwdArgs<T, A>& a, const MscaDims& d, void* worksp
   static_assert(std::is_same<A, acc_t<T>>::value, "V and lse use the accumulation type");
   if (!dims_ok(d)) return cudaErrorInvalidValue;
   A* ws = static_cast<A*>(workspace);
-  const size_t smem = smem_bytes<A>(d.K);
+  const size_t smem_a = smem_bytes(d.K, Pass::BwdTarget, sizeof(A));
+  const size_t smem_b = smem_bytes(d.K, Pass::BwdExemplar, sizeof(A));
   cudaError_t err;
-  if ((err = allow_smem(bwd_target_kernel<T>, smem)) != cudaSuccess) return err;
-  if ((err = allow_smem(bwd_exemplar_kernel<T>, smem)) != cudaSuccess) return err;
+  if ((err = allow_smem(bwd_target_kernel<T>, smem_a)) != cudaSuccess) return err;
+  if ((err = allow_smem(bwd_exemplar_kernel<T>, smem_b)) != cudaSuccess) return err;
   const int64_t nt1 = ceil_div(d.P1, kTile), nt2 = ceil_div(d.P2, kTile);
   const int sa = static_cast<int>(splits_for(nt1, d.B, sm_count));
   const int sb = static_cast<int>(splits_for(nt2, d.B, sm_count));
@@ -746,10 +868,10 @@ cudaError_t msca_bwd(const MscaBwdArgs<T, A>& a, const MscaDims& d, void* worksp
   const BwdWs w = bwd_ws(d, sa, sb);
   const unsigned B = static_cast<unsigned>(d.B);
   // bwd_target only uses the pass-A part of the layout, which does not depend on sb.
-  bwd_target_kernel<T><<<dim3(sa, B), kThreads, smem, stream>>>(a, d, sa, static_cast<int>(nt1),
+  bwd_target_kernel<T><<<dim3(sa, B), kThreads, smem_a, stream>>>(a, d, sa, static_cast<int>(nt1),
                                                                vec1, ws);
   bwd_mid_kernel<T><<<dim3(B), kThreads, 0, stream>>>(a, d, sa, sb, ws);
-  bwd_exemplar_kernel<T><<<dim3(sb, B), kThreads, smem, stream>>>(a, d, sa, sb,
+  bwd_exemplar_kernel<T><<<dim3(sb, B), kThreads, smem_b, stream>>>(a, d, sa, sb,
                                                                  static_cast<int>(nt2), vec2, ws);
   auto reduce = [&](int64_t off, int64_t items, int64_t E, T* out) {
     reduce_items_kernel<T><<<static_cast<unsigned>(ceil_div(E, kThreads)), kThreads, 0, stream>>>(

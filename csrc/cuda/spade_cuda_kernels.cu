@@ -171,17 +171,46 @@ __global__ void __launch_bounds__(kThreads, 2)
   rstd[g] = A(1) / sqrt(m.m2 / m.n + static_cast<A>(eps));
 }
 
-// Elementwise passes over the whole (B*C, P) matrix, kVec<T> elements per step when vec.
+// The group of element i of the (B*C, P) matrix, followed along a grid-stride loop without
+// dividing: the elementwise passes used to divide the 64-bit index by P (and the row by C) for
+// every vector; a thread now divides once, at its first element, and each step adds the
+// stride as (whole rows, columns) with one carry.
+struct GroupCursor {
+  int64_t col, g;                 // column of the current element in its row; its group
+  int64_t step_rows, step_cols;   // the stride: step_rows rows (mod C in batch mode) + step_cols
+  int64_t P, C;
+  bool instance;
+  __device__ GroupCursor(const SpadeDims& d, int64_t i, int64_t stride)
+      : P(d.P), C(d.C), instance(d.instance) {
+    const int64_t row = i / P;
+    col = i - row * P;
+    g = instance ? row : row % C;
+    step_rows = stride / P;
+    step_cols = stride - step_rows * P;
+    if (!instance) step_rows %= C;
+  }
+  __device__ __forceinline__ void advance() {
+    col += step_cols;
+    const bool carry = col >= P;
+    if (carry) col -= P;
+    g += step_rows + (carry ? 1 : 0);
+    if (!instance && g >= C) g -= C;  // g < 2C: both terms were below C
+  }
+};
+
+// Elementwise passes over the whole (B*C, P) matrix: f(first element, count, group), kVec<T>
+// elements per step when vec (P is then a multiple of kVec<T>: a vector never spans two rows).
 template <typename T, typename F>
 __device__ __forceinline__ void for_all(const SpadeDims& d, bool vec, F&& f) {
-  constexpr int V = kVec<T>;
-  const int64_t total = d.B * d.C * d.P;
+  const int V = vec ? kVec<T> : 1;
+  const int64_t steps = d.B * d.C * d.P / V;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (vec) {
-    for (int64_t q = t0; q < total / V; q += stride) f(q * V, V);
-  } else {
-    for (int64_t i = t0; i < total; i += stride) f(i, 1);
+  if (t0 >= steps) return;
+  GroupCursor cur(d, t0 * V, stride * V);
+  for (int64_t q = t0; q < steps; q += stride) {
+    f(q * V, V, cur.g);
+    cur.advance();
   }
 }
 
@@ -196,8 +225,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                      SpadeDims d, bool vec) {
   using A = acc_t<T>;
   constexpr int V = kVec<T>;
-  for_all<T>(d, vec, [&](int64_t i0, int n) {
-    const int64_t g = group_of_row(d, i0 / d.P);
+  for_all<T>(d, vec, [&](int64_t i0, int n, int64_t g) {
     const A mu = mean[g], r = rstd[g];
     if (n == V) {
       const Pack<T, V> xs = *reinterpret_cast<const Pack<T, V>*>(x + i0);
@@ -283,8 +311,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                      const acc_t<T>* __restrict__ coef, SpadeDims d, bool vec) {
   using A = acc_t<T>;
   constexpr int V = kVec<T>;
-  for_all<T>(d, vec, [&](int64_t i0, int n) {
-    const int64_t g = group_of_row(d, i0 / d.P);
+  for_all<T>(d, vec, [&](int64_t i0, int n, int64_t g) {
     const A mu = coef[4 * g], r = coef[4 * g + 1], k0 = coef[4 * g + 2], k1 = coef[4 * g + 3];
     auto one = [&](A dv, A xv, A gm, T& dxo, T& dgo) {
       const A gg = dv * (A(1) + gm);

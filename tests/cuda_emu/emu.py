@@ -155,10 +155,15 @@ class Emulator:
 
     def __init__(self, bug: str | None = None):
         self.lib = ctypes.CDLL(str(build(bug)))
-        for fn in ("emu_error", "emu_take_log"):
+        for fn in ("emu_error", "emu_take_log", "emu_msca_smem_check"):
             getattr(self.lib, fn).restype = ctypes.c_char_p
         self.lib.emu_msca_fwd_workspace_bytes.restype = ctypes.c_size_t
+        self.lib.emu_msca_smem_bytes.restype = ctypes.c_size_t
+        self.lib.emu_msca_max_k.restype = ctypes.c_int64
         self.launches: dict[tuple[str, str], int] = {}  # (kernel, dtype) -> launches run
+        # (kernel, dtype) -> the largest dynamic shared memory of its launches, in bytes; dry
+        # runs included (clear it before a measurement)
+        self.launch_smem: dict[tuple[str, str], int] = {}
         self.dry = False
 
     # -- plumbing
@@ -167,10 +172,12 @@ class Emulator:
         ptr_arr = (ctypes.c_void_p * len(ptrs))(
             *[None if t is None else t.data_ptr() for t in ptrs])
         rc = getattr(self.lib, fn)(DTYPE_CODE[dtype], dims_arr, ptr_arr, *extra)
-        log = self.lib.emu_take_log().decode().split()
-        for name in [] if self.dry else log:
+        log = [line.split() for line in self.lib.emu_take_log().decode().splitlines()]
+        for name, smem in log:
             key = (name, str(dtype).replace("torch.", ""))
-            self.launches[key] = self.launches.get(key, 0) + 1
+            self.launch_smem[key] = max(self.launch_smem.get(key, 0), int(smem))
+            if not self.dry:
+                self.launches[key] = self.launches.get(key, 0) + 1
         err = self.lib.emu_error().decode()
         if rc != 0 or err:
             raise EmulatorError(f"{fn}: cudaError {rc}: {err or 'no message'}")
@@ -236,6 +243,21 @@ class Emulator:
         self._call("emu_spade_bwd", x.dtype, (B, C, P, int(instance)),
                    [dy, x, gamma, mean, rstd, dx, dgamma], ctypes.c_int(int(batch_stats)))
         return dx, dgamma
+
+    def msca_smem_bytes(self, K: int, acc_size: int, backward: bool) -> int:
+        """Shared memory per block of the forward (backward) tile kernels, msca_cuda.h."""
+        return self.lib.emu_msca_smem_bytes(ctypes.c_int64(K), ctypes.c_int(acc_size),
+                                            ctypes.c_int(int(backward)))
+
+    def msca_max_k(self, acc_size: int, smem_limit: int, backward: bool) -> int:
+        return self.lib.emu_msca_max_k(ctypes.c_int(acc_size), ctypes.c_int64(smem_limit),
+                                       ctypes.c_int(int(backward)))
+
+    def msca_smem_check(self, K: int, acc_size: int, smem_limit: int, backward: bool) -> str:
+        """The message the torch binding raises when the kernels do not fit ("" if they do)."""
+        return self.lib.emu_msca_smem_check(ctypes.c_int64(K), ctypes.c_int(acc_size),
+                                            ctypes.c_int64(smem_limit),
+                                            ctypes.c_int(int(backward))).decode()
 
     def msca_fwd_workspace_bytes(self, dims, sm_count: int, acc_size: int) -> int:
         arr = (ctypes.c_int64 * 7)(*dims)

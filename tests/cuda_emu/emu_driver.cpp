@@ -4,6 +4,7 @@
 // need not be initialised.
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "msca_cuda.h"
@@ -106,6 +107,22 @@ int emu_spade_bwd(int dtype, const int64_t* dims, void** p, int batch_stats) {
                                                        m<T>(p[6]), batch_stats != 0, d, ws.p,
                                                        nullptr));
   });
+}
+
+// Shared memory of the MSCA tile kernels (msca_cuda.h), for the tests of its size.
+size_t emu_msca_smem_bytes(int64_t K, int acc_size, int backward) {
+  return msca_cuda::msca_smem_bytes(K, static_cast<size_t>(acc_size), backward != 0);
+}
+int64_t emu_msca_max_k(int acc_size, int64_t smem_limit, int backward) {
+  return msca_cuda::msca_max_k(static_cast<size_t>(acc_size), static_cast<size_t>(smem_limit),
+                               backward != 0);
+}
+// The message of msca_smem_check ("" if it fits), valid until the next call.
+const char* emu_msca_smem_check(int64_t K, int acc_size, int64_t smem_limit, int backward) {
+  static std::string msg;
+  msg = msca_cuda::msca_smem_check(K, static_cast<size_t>(acc_size),
+                                   static_cast<size_t>(smem_limit), backward != 0);
+  return msg.c_str();
 }
 
 // Workspace sizes and launch checks without running anything (for the grid-limit tests).

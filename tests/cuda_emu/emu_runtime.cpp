@@ -65,7 +65,7 @@ std::string g_error;  // first error of the session's launches, until emu_error(
 cudaError_t g_last = cudaSuccess;
 std::map<const void*, int> g_smem_limit;  // per kernel, set by cudaFuncSetAttribute
 int g_max_smem_optin = 232448;            // sm_90: 227 KiB
-std::vector<std::string> g_log;           // names of the kernels launched, in order
+std::vector<std::string> g_log;           // "name smem_bytes" of the launches, in order
 uint64_t g_seed = 1;
 bool g_dry_run = false;                   // check and log launches, run no blocks
 
@@ -237,7 +237,7 @@ bool run_launch(const char* name, const void* fn, const Config& cfg, void (*body
     record(cudaErrorInvalidValue, buf);
     return false;
   }
-  g_log.emplace_back(name);
+  g_log.emplace_back(std::string(name) + " " + std::to_string(cfg.smem));
   if (g_dry_run) return true;
   grid_dim_ = g;
   block_dim_ = bd;
@@ -296,7 +296,8 @@ const char* emu_error() {
   emu::g_last = cudaSuccess;
   return last.c_str();
 }
-// Kernel names launched since the last call, one per line, then cleared.
+// The launches since the last call, one per line ("kernel_name dynamic_smem_bytes"), then
+// cleared.
 const char* emu_take_log() {
   static std::string out;
   out.clear();

@@ -77,6 +77,24 @@ def test_msca_cuda_more_than_64_maps_is_a_value_error():
         mk.msca_attention(backend="cuda", **inputs)
 
 
+def test_msca_cuda_shared_memory_short_is_a_value_error():
+    # float64, K = 64: the backward's exemplar kernel needs 119808 bytes per block, more than
+    # the 99 KiB of sm_86/89/120 (enough on sm_80/90); where short, a ValueError naming K and
+    # the limit before any launch (the emulator tests pin the sizes without a GPU)
+    props = torch.cuda.get_device_properties(DEV)
+    optin = getattr(props, "shared_memory_per_block_optin", None)
+    if optin is None:
+        pytest.skip("this torch does not report the shared-memory opt-in limit")
+    inputs = make_inputs((1, 4, 2, 3, 64, 5, 6, 4, 4), torch.float64, DEV)
+    if optin >= 119808:
+        check_against_reference(inputs, "cuda", torch.float64)
+        return
+    leaves = {k: v.requires_grad_(True) for k, v in inputs.items()}
+    out = mk.msca_attention(backend="cuda", **leaves)  # the forward fits (70144 bytes)
+    with pytest.raises(ValueError, match=r"phi_weight: K = 64 .*shared memory.*K <= 52"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("mode", ["batch", "instance"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 5, 130, 131), (2, 4, 128, 160)], ids=str)

@@ -226,14 +226,19 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_process_training_keeps_ranks_identical(tmp_path):
+def run_two_ranks(worker: str, tmp_path) -> subprocess.CompletedProcess:
+    """torchrun a worker script (a template with {tests} and {out}) on 2 CPU processes."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)),
+    script.write_text(worker.format(tests=os.path.dirname(os.path.abspath(__file__)),
                                     out=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(script)], env=env,
                           capture_output=True, text=True, timeout=180, cwd=REPO)
+
+
+def test_two_process_training_keeps_ranks_identical(tmp_path):
+    proc = run_two_ranks(WORKER, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
@@ -276,13 +281,7 @@ def test_busy_folder_stops_every_rank(tmp_path):
     try:
         (tmp_path / "train.lock").write_text(json.dumps(
             {"pid": sleeper.pid, "host": os.uname().nodename, "started": "x"}))
-        script = tmp_path / "worker.py"
-        script.write_text(BUSY_WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)),
-                                             out=str(tmp_path)))
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node", "2", str(script)], env=env,
-                              capture_output=True, text=True, timeout=180, cwd=REPO)
+        proc = run_two_ranks(BUSY_WORKER, tmp_path)
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -35,6 +35,10 @@ class Options:
     # The last N maps of every scale attend uniformly (the exemplar's global average), for
     # target classes the exemplar lacks (msca_kernels.nn.MSCA global_maps); 0 = the paper's.
     attention_global_maps: int = 0
+    # Probability that the cross task's exemplar patch is replaced by a smaller window of it
+    # (resized back), so that target classes the exemplar lacks occur in training as they do
+    # across scenes (msca.data.transforms.exemplar_subcrop); 0 = the paper's task.
+    exemplar_subcrop: float = 0.0
     # "msca": the paper's generator (alignment above selects MSCA or an ablation);
     # "spade_vae": the global-style-code baseline of Table 1 (msca/models/style_code.py: an
     # exemplar encoder to (mu, logvar) and a SPADE generator on the target label and z).
@@ -135,6 +139,9 @@ class Options:
                 and 0 <= self.attention_global_maps <= min(self.attention_k)):
             raise ValueError(f"attention_global_maps: expected an int in [0, min(attention_k)="
                              f"{min(self.attention_k)}], got {self.attention_global_maps!r}")
+        if not 0.0 <= self.exemplar_subcrop <= 1.0:
+            raise ValueError(f"exemplar_subcrop: expected a probability in [0, 1], got "
+                             f"{self.exemplar_subcrop}")
         for name in ("attention_logit_scale", "lambda_corr_label", "lambda_corr_rgb",
                      "corr_gan_factor"):
             v = getattr(self, name)

@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from msca.data.transforms import patch_pair_task, random_hflip, resize_pair
+from msca.data.transforms import (exemplar_subcrop, patch_pair_task, random_hflip,
+                                  resize_pair)
 from msca.models import (Task, VGGWeightsWarning, build_decoder, build_discriminator,
                          build_generator, build_loss, total)
 from msca.models.correspondence import correspondence_losses
@@ -268,6 +269,8 @@ class Trainer:
             t = patch_pair_task(rng, image, label, min(patch, opt.load_size),
                                 out_size=opt.crop_size, flip=opt.flip,
                                 allow_overlap=2 * patch > opt.load_size)
+            if opt.exemplar_subcrop > 0 and rng.random() < opt.exemplar_subcrop:
+                t["image_q"], t["label_q"] = exemplar_subcrop(rng, t["image_q"], t["label_q"])
             for k in ("image_p", "label_p", "image_q", "label_q"):
                 fields[k].append(t[k])
             if late:  # the global image, at the generator's working size

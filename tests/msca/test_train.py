@@ -291,3 +291,35 @@ def test_busy_folder_stops_every_rank(tmp_path):
     assert "rank 0 refused: " in out and f"pid {sleeper.pid}" in out, out[-3000:]
     assert "rank 1 refused: " in out and "rank 0 stopped at the run folder check" in out, \
         out[-3000:]
+
+
+def test_exemplar_subcrop_shrinks_only_the_exemplar(tmp_path):
+    plain = make(tmp_path / "a")
+    sub = make(tmp_path / "b", opt=tiny(exemplar_subcrop=1.0))
+    b0, b1 = plain._batch(3, "patch"), sub._batch(3, "patch")
+    # the first item's target patch is untouched (later items' draws shift), its exemplar is a
+    # zoomed window of the same exemplar patch: no class it did not have
+    assert torch.equal(b0["image_p"][0], b1["image_p"][0])
+    assert torch.equal(b0["label_p"][0], b1["label_p"][0])
+    assert b1["image_q"].shape == b0["image_q"].shape
+    assert not torch.equal(b0["image_q"][0], b1["image_q"][0])
+    assert set(b1["label_q"][0].unique().tolist()) <= set(b0["label_q"][0].unique().tolist())
+    with pytest.raises(ValueError, match="exemplar_subcrop"):
+        tiny(exemplar_subcrop=1.5)
+
+
+def test_exemplar_subcrop_is_a_resized_window():
+    import numpy as np
+    from msca.data.transforms import exemplar_subcrop
+    ramp = torch.arange(40.0)
+    img = ((ramp[:, None] + 2 * ramp[None, :]) / 120 - 0.5).expand(3, 40, 40)  # bilinear-exact
+    lab = torch.arange(40 * 40).reshape(40, 40) % 7
+    out, out_lab = exemplar_subcrop(np.random.default_rng(5), img, lab, lo=0.5, hi=0.5)
+    rng = np.random.default_rng(5)
+    rng.uniform(0.5, 0.5)
+    y, x = int(rng.integers(0, 21)), int(rng.integers(0, 21))
+    win = img[:, y:y + 20, x:x + 20]
+    # x2 bilinear samples a quarter pixel before each window pixel (away from the borders)
+    shifted = win - 0.25 * (1 + 2) / 120
+    assert torch.allclose(out[:, 2::2, 2::2], shifted[:, 1:, 1:], atol=1e-5)
+    assert torch.equal(out_lab[::2, ::2], lab[y:y + 20, x:x + 20])

@@ -59,7 +59,24 @@ PLANTED_BUGS = {
         "for (int o_ = 16; o_ > 0; o_ >>= 1) {\n    const int o = o_ == 2 ? 1 : o_;\n"
         "    Moments<A> t;",
     ),
+    # SPADE's grid-stride cursor forgets the carry when the columns pass the end of a row: the
+    # group lags one row behind from the first wrapped step on
+    "cursor_without_carry": (
+        "spade_cuda_kernels.cu",
+        "g += step_rows + (carry ? 1 : 0);",
+        "g += step_rows;",
+    ),
+    # ... or forgets to wrap the channel around C in batch mode (reads mean[g] past the end)
+    "cursor_without_channel_wrap": (
+        "spade_cuda_kernels.cu",
+        "if (!instance && g >= C) g -= C;",
+        ";",
+    ),
 }
+
+# The kernels whose grid-stride loops cover the data with any grid (GroupCursor in
+# spade_cuda_kernels.cu): test_cuda_grid_stride.py runs them on grids too small for the data.
+GRID_STRIDE_KERNELS = ("apply_fwd_kernel", "apply_bwd_kernel")
 
 _LAUNCH = re.compile(r"\b([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
 _EXTERN_SHARED = re.compile(
@@ -160,6 +177,7 @@ class Emulator:
         self.lib.emu_msca_fwd_workspace_bytes.restype = ctypes.c_size_t
         self.lib.emu_msca_smem_bytes.restype = ctypes.c_size_t
         self.lib.emu_msca_max_k.restype = ctypes.c_int64
+        self.lib.emu_take_capped_launches.restype = ctypes.c_uint64
         self.launches: dict[tuple[str, str], int] = {}  # (kernel, dtype) -> launches run
         # (kernel, dtype) -> the largest dynamic shared memory of its launches, in bytes; dry
         # runs included (clear it before a measurement)
@@ -184,6 +202,19 @@ class Emulator:
 
     def set_max_smem_optin(self, nbytes: int) -> None:
         self.lib.emu_set_max_smem_optin(ctypes.c_int(nbytes))
+
+    def set_grid_cap(self, kernel: str, blocks: int) -> None:
+        """Launches of `kernel` run with at most `blocks` blocks along x (0: no cap), so that
+        its grid-stride loop steps several times. Only for GRID_STRIDE_KERNELS."""
+        if kernel not in GRID_STRIDE_KERNELS:
+            raise ValueError(f"kernel: expected one of {GRID_STRIDE_KERNELS}, got {kernel!r}")
+        if blocks < 0:
+            raise ValueError(f"blocks: expected >= 0, got {blocks}")
+        self.lib.emu_set_grid_cap(kernel.encode(), ctypes.c_uint(blocks))
+
+    def take_capped_launches(self) -> int:
+        """Launches a grid cap shrank since the last call."""
+        return self.lib.emu_take_capped_launches()
 
     # -- MSCA: inputs as the ops take them (B, C, H, W); returns flattened results
     def msca_fwd(self, t: dict, sm_count: int):

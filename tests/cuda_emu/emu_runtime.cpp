@@ -68,6 +68,11 @@ int g_max_smem_optin = 232448;            // sm_90: 227 KiB
 std::vector<std::string> g_log;           // "name smem_bytes" of the launches, in order
 uint64_t g_seed = 1;
 bool g_dry_run = false;                   // check and log launches, run no blocks
+// Tests only: kernel name -> the most blocks along x its launches run with (the kernel's
+// grid-stride loops then step several times, which the launchers' grids never need on these
+// small sizes), and how many launches were shrunk that way.
+std::map<std::string, unsigned> g_grid_cap;
+uint64_t g_capped_launches = 0;
 
 void record(cudaError_t e, const std::string& what) {
   if (g_last == cudaSuccess) g_last = e;
@@ -216,15 +221,15 @@ cudaError_t take_last_error() {
 
 bool run_launch(const char* name, const void* fn, const Config& cfg, void (*body)(void*),
                 void* ctx) {
-  const dim3 g = cfg.grid, bd = cfg.block;
+  const dim3 g0 = cfg.grid, bd = cfg.block;  // the grid as requested (checked as such)
   char buf[512];
   const uint64_t threads = static_cast<uint64_t>(bd.x) * bd.y * bd.z;
   const char* bad = nullptr;
-  if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0) bad = "empty grid or block";
-  else if (g.x > 0x7fffffffu || g.y > 65535 || g.z > 65535) bad = "grid dimension over its limit";
+  if (g0.x == 0 || g0.y == 0 || g0.z == 0 || threads == 0) bad = "empty grid or block";
+  else if (g0.x > 0x7fffffffu || g0.y > 65535 || g0.z > 65535) bad = "grid dimension over its limit";
   else if (bd.x > 1024 || bd.y > 1024 || bd.z > 64 || threads > 1024) bad = "block over 1024 threads";
   if (bad) {
-    std::snprintf(buf, sizeof buf, "%s: %s (grid %u,%u,%u block %u,%u,%u)", name, bad, g.x, g.y, g.z,
+    std::snprintf(buf, sizeof buf, "%s: %s (grid %u,%u,%u block %u,%u,%u)", name, bad, g0.x, g0.y, g0.z,
                   bd.x, bd.y, bd.z);
     record(cudaErrorInvalidConfiguration, buf);
     return false;
@@ -239,6 +244,14 @@ bool run_launch(const char* name, const void* fn, const Config& cfg, void (*body
   }
   g_log.emplace_back(std::string(name) + " " + std::to_string(cfg.smem));
   if (g_dry_run) return true;
+  // The launch was checked as requested; a capped kernel then runs on fewer blocks (gridDim.x
+  // says so, as if the launcher had asked for that many).
+  dim3 g = cfg.grid;
+  auto cap = g_grid_cap.find(name);
+  if (cap != g_grid_cap.end() && g.x > cap->second) {
+    g.x = cap->second;
+    ++g_capped_launches;
+  }
   grid_dim_ = g;
   block_dim_ = bd;
   // Blocks in a shuffled order.
@@ -309,4 +322,16 @@ void emu_set_max_smem_optin(int bytes) { emu::g_max_smem_optin = bytes; }
 // Dry run: launches are checked against the limits and logged, but no block runs (the launchers
 // can then be called with sizes far beyond this machine's memory and null pointers).
 void emu_set_dry_run(int on) { emu::g_dry_run = on != 0; }
+// Tests only: launches of the kernel `name` run with at most `blocks` blocks along x (0: no
+// cap). Only for kernels whose grid-stride loops cover the data with any grid.
+void emu_set_grid_cap(const char* name, unsigned blocks) {
+  if (blocks == 0) emu::g_grid_cap.erase(name);
+  else emu::g_grid_cap[name] = blocks;
+}
+// Launches shrunk by a grid cap since the last call, then reset.
+uint64_t emu_take_capped_launches() {
+  const uint64_t n = emu::g_capped_launches;
+  emu::g_capped_launches = 0;
+  return n;
+}
 }

@@ -88,6 +88,12 @@ int64_t msca_max_k(size_t acc_size, size_t smem_limit, bool backward);
 // phi_weight's K, the bytes needed, the limit and the largest K that fits (the torch binding
 // raises it before launching; the launchers alone return cudaErrorInvalidValue).
 std::string msca_smem_check(int64_t K, size_t acc_size, size_t smem_limit, bool backward);
+// The check before the forward's launches: the forward's kernels, and the backward's as well
+// when a backward will follow (the binding passes whether autograd records this call), so that
+// training that cannot run its backward stops at its first forward, not after it. "" if every
+// pass checked fits; otherwise msca_smem_check's message for the first that does not.
+std::string msca_fwd_smem_check(int64_t K, size_t acc_size, size_t smem_limit,
+                                bool backward_follows);
 
 // Workspace in bytes (any 256-byte aligned device buffer; contents need not be initialised).
 size_t msca_fwd_workspace_bytes(const MscaDims& d, int sm_count, size_t acc_size);

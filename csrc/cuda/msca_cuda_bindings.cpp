@@ -3,10 +3,14 @@
 // msca_cuda_kernels.cu (raw pointers, see msca_cuda.h). Built only where nvcc and a CUDA torch
 // exist (setup.py).
 #include <ATen/ATen.h>
+#include <c10/core/AutogradState.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -109,13 +113,43 @@ int sm_count() {
 // The tile kernels' shared memory must fit the device's per-block opt-in maximum (99 KiB on
 // sm_86/89/120: float64 with K > 52 does not fit the backward there). Checked before any
 // launch, with a message naming K and the limit instead of the launch's "invalid argument".
-void check_shared_memory(const msca_cuda::MscaDims& d, at::ScalarType acc, bool backward) {
+// The forward checks the backward's need too when a backward will follow, so that training
+// stops at its first forward (msca_fwd_smem_check).
+int smem_optin() {
   int dev = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const std::string err = msca_cuda::msca_smem_check(d.K, acc == at::kDouble ? 8 : 4,
-                                                     static_cast<size_t>(optin), backward);
+  return optin;
+}
+size_t acc_bytes(at::ScalarType acc) { return acc == at::kDouble ? 8 : 4; }
+
+void check_shared_memory_fwd(const msca_cuda::MscaDims& d, at::ScalarType acc,
+                             bool backward_follows) {
+  const std::string err = msca_cuda::msca_fwd_smem_check(
+      d.K, acc_bytes(acc), static_cast<size_t>(smem_optin()), backward_follows);
   TORCH_CHECK_VALUE(err.empty(), "msca (cuda): ", err);
+}
+void check_shared_memory_bwd(const msca_cuda::MscaDims& d, at::ScalarType acc) {
+  const std::string err = msca_cuda::msca_smem_check(
+      d.K, acc_bytes(acc), static_cast<size_t>(smem_optin()), /*backward=*/true);
+  TORCH_CHECK_VALUE(err.empty(), "msca (cuda): ", err);
+}
+
+// Whether autograd records this forward call, i.e. a backward may follow. The op's autograd
+// formula (torch.library.register_autograd, msca_kernels/_autograd.py) runs it inside an
+// autograd.Function, which turns off grad mode and forward-mode AD. torch.no_grad turns off
+// only grad mode, and inference mode is visible as such: parameters that require grad in an
+// evaluation under either do not count (tests/cuda_emu/test_cuda_smem.py pins these modes).
+bool backward_follows(std::initializer_list<const Tensor*> inputs,
+                      std::initializer_list<const c10::optional<Tensor>*> optional_inputs) {
+  if (c10::GradMode::is_enabled() || c10::InferenceMode::is_enabled() ||
+      c10::AutogradState::get_tls_state().get_fw_grad_mode())
+    return false;
+  for (const Tensor* t : inputs)
+    if (t->requires_grad()) return true;
+  for (const c10::optional<Tensor>* t : optional_inputs)
+    if (t->has_value() && (*t)->defined() && (*t)->requires_grad()) return true;
+  return false;
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -133,7 +167,10 @@ std::tuple<Tensor, Tensor, Tensor> msca_fwd_cuda(const Tensor& fx2, const Tensor
                               spatial_bias, channel_bias);
   const c10::cuda::CUDAGuard guard(fx2.device());
   const auto acc = accum_type(fx2.scalar_type());
-  check_shared_memory(d, acc, /*backward=*/false);
+  check_shared_memory_fwd(d, acc,
+                          backward_follows({&fx2, &fc2, &fc1, &phi_weight, &phi_bias, &psi_weight,
+                                            &psi_bias, &mask},
+                                           {&spatial_bias, &channel_bias}));
   Tensor out = at::empty({d.B, d.N, d.P1}, fx2.options());
   Tensor V = at::empty({d.B, d.N, d.K}, fx2.options().dtype(acc));
   Tensor lse = at::empty({d.B, d.K}, fx2.options().dtype(acc));
@@ -180,7 +217,7 @@ msca_bwd_cuda(const Tensor& grad_out, const Tensor& fx2, const Tensor& fc2, cons
   check_input(grad_out, "grad_out", {d.B, d.N, d.P1}, dt, dev);
   check_input(V, "V", {d.B, d.N, d.K}, acc, dev);
   check_input(lse, "lse", {d.B, d.K}, acc, dev);
-  check_shared_memory(d, acc, /*backward=*/true);
+  check_shared_memory_bwd(d, acc);
   const bool want_dsb = need_spatial_bias_grad && spatial_bias.has_value() && spatial_bias->defined();
   const bool want_dcb = need_channel_bias_grad && channel_bias.has_value() && channel_bias->defined();
   Tensor dfx2 = at::empty_like(fx2), dfc2 = at::empty_like(fc2), dfc1 = at::empty_like(fc1);

@@ -812,6 +812,14 @@ std::string msca_smem_check(int64_t K, size_t acc_size, size_t smem_limit, bool 
          (acc_size == 8 ? " (or float32, or another backend)" : " (or another backend)");
 }
 
+std::string msca_fwd_smem_check(int64_t K, size_t acc_size, size_t smem_limit,
+                                bool backward_follows) {
+  std::string err = msca_smem_check(K, acc_size, smem_limit, /*backward=*/false);
+  if (err.empty() && backward_follows)
+    err = msca_smem_check(K, acc_size, smem_limit, /*backward=*/true);
+  return err;
+}
+
 size_t msca_fwd_workspace_bytes(const MscaDims& d, int sm_count, size_t acc_size) {
   const int64_t s = splits_for(ceil_div(d.P2, kTile), d.B, sm_count);
   return static_cast<size_t>(fwd_ws(d, s).total) * acc_size;

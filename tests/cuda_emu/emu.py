@@ -172,7 +172,8 @@ class Emulator:
 
     def __init__(self, bug: str | None = None):
         self.lib = ctypes.CDLL(str(build(bug)))
-        for fn in ("emu_error", "emu_take_log", "emu_msca_smem_check"):
+        for fn in ("emu_error", "emu_take_log", "emu_msca_smem_check",
+                   "emu_msca_fwd_smem_check"):
             getattr(self.lib, fn).restype = ctypes.c_char_p
         self.lib.emu_msca_fwd_workspace_bytes.restype = ctypes.c_size_t
         self.lib.emu_msca_smem_bytes.restype = ctypes.c_size_t
@@ -289,6 +290,14 @@ class Emulator:
         return self.lib.emu_msca_smem_check(ctypes.c_int64(K), ctypes.c_int(acc_size),
                                             ctypes.c_int64(smem_limit),
                                             ctypes.c_int(int(backward))).decode()
+
+    def msca_fwd_smem_check(self, K: int, acc_size: int, smem_limit: int,
+                            backward_follows: bool) -> str:
+        """The message the torch binding raises before the forward's launches ("" if the
+        forward fits, and the backward too when one follows)."""
+        return self.lib.emu_msca_fwd_smem_check(ctypes.c_int64(K), ctypes.c_int(acc_size),
+                                                ctypes.c_int64(smem_limit),
+                                                ctypes.c_int(int(backward_follows))).decode()
 
     def msca_fwd_workspace_bytes(self, dims, sm_count: int, acc_size: int) -> int:
         arr = (ctypes.c_int64 * 7)(*dims)

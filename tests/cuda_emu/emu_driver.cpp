@@ -125,6 +125,15 @@ const char* emu_msca_smem_check(int64_t K, int acc_size, int64_t smem_limit, int
   return msg.c_str();
 }
 
+// The message of msca_fwd_smem_check ("" if it fits), valid until the next call.
+const char* emu_msca_fwd_smem_check(int64_t K, int acc_size, int64_t smem_limit,
+                                    int backward_follows) {
+  static std::string msg;
+  msg = msca_cuda::msca_fwd_smem_check(K, static_cast<size_t>(acc_size),
+                                       static_cast<size_t>(smem_limit), backward_follows != 0);
+  return msg.c_str();
+}
+
 // Workspace sizes and launch checks without running anything (for the grid-limit tests).
 size_t emu_msca_fwd_workspace_bytes(const int64_t* dims, int sm_count, int acc_size) {
   const msca_cuda::MscaDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};

@@ -114,3 +114,70 @@ def test_float64_large_k_on_a_99k_gpu(E):
     assert f"more than the {SM86_OPTIN}" in msg and "expected K <= 52" in msg
     assert E.msca_smem_check(52, 8, SM86_OPTIN, backward=True) == ""
     assert E.msca_smem_check(64, 8, SM86_OPTIN, backward=False) == ""
+
+
+def test_forward_checks_the_backward_when_one_follows(E):
+    """Training in float64 with K = 64 on a 99 KiB GPU stops at the first forward, with the
+    backward's message; a forward alone (evaluation) still runs."""
+    backward_msg = E.msca_smem_check(64, 8, SM86_OPTIN, backward=True)
+    assert E.msca_fwd_smem_check(64, 8, SM86_OPTIN, backward_follows=True) == backward_msg
+    assert "in the backward kernels" in backward_msg
+    assert E.msca_fwd_smem_check(64, 8, SM86_OPTIN, backward_follows=False) == ""
+    assert E.msca_fwd_smem_check(52, 8, SM86_OPTIN, backward_follows=True) == ""
+    assert E.msca_fwd_smem_check(64, 8, SM90_OPTIN, backward_follows=True) == ""
+    assert E.msca_fwd_smem_check(64, 4, SM86_OPTIN, backward_follows=True) == ""
+    # a forward that does not fit is reported as the forward's, backward or not
+    tiny = 16 * 1024
+    for follows in (False, True):
+        msg = E.msca_fwd_smem_check(64, 4, tiny, backward_follows=follows)
+        assert msg == E.msca_smem_check(64, 4, tiny, backward=False)
+        assert "in the forward kernels" in msg
+
+
+# The torch binding (csrc/cuda/msca_cuda_bindings.cpp, backward_follows) cannot run here; it
+# reads autograd's thread-local modes inside the op. These are the modes it relies on, seen by
+# an op registered the way msca_kernels registers msca_fwd (torch.library.register_autograd).
+_seen = []
+
+
+@pytest.fixture(scope="module")
+def mode_probe():
+    lib = torch.library.Library("cuda_emu_probe", "FRAGMENT")
+    lib.define("probe(Tensor x) -> Tensor")
+
+    def probe_cpu(x):
+        _seen.append(dict(grad=torch.is_grad_enabled(), fw_grad=torch._C._is_fwd_grad_enabled(),
+                          inference=torch.is_inference_mode_enabled(),
+                          requires_grad=x.requires_grad))
+        return x.clone()
+
+    lib.impl("probe", probe_cpu, "CPU")
+    torch.library.register_autograd("cuda_emu_probe::probe", lambda ctx, g: g)
+    yield torch.ops.cuda_emu_probe.probe
+    lib._destroy()
+
+
+def binding_rule(seen) -> bool:
+    """backward_follows in msca_cuda_bindings.cpp, on the modes the op saw."""
+    if seen["grad"] or seen["inference"] or seen["fw_grad"]:
+        return False
+    return seen["requires_grad"]
+
+
+def test_autograd_modes_the_binding_relies_on(mode_probe):
+    w = torch.ones(3, requires_grad=True)
+    cases = {}
+    _seen.clear()
+    mode_probe(w)
+    cases["training"] = _seen[-1]
+    with torch.no_grad():
+        mode_probe(w)
+    cases["no_grad, parameter requires grad"] = _seen[-1]
+    with torch.inference_mode():
+        mode_probe(w)
+    cases["inference_mode"] = _seen[-1]
+    mode_probe(torch.ones(3))
+    cases["nothing requires grad"] = _seen[-1]
+    got = {name: binding_rule(seen) for name, seen in cases.items()}
+    assert got == {"training": True, "no_grad, parameter requires grad": False,
+                   "inference_mode": False, "nothing requires grad": False}, cases

@@ -146,6 +146,20 @@ __device__ __forceinline__ void load_rows(A* __restrict__ dst, const T* __restri
 // 2 rows x 8 position groups, so that a warp still reads each row of X once per c for two rows
 // of output (the broadcast of the whole-item layout), not once per row. kMaxSplit = 1 keeps the
 // plain sequential sum over c, for a product that must round exactly like another sum.
+// acc[0..3] += sum over c = c0, c0 + step, ... < C of W[c*ldw + r] X[c][j..j+3], in that order.
+template <typename A>
+__device__ __forceinline__ void mm_tn_rows(int c0, int step, int C, const A* __restrict__ W,
+                                           int ldw, const A* __restrict__ X, int r, int j,
+                                           A (&acc)[4]) {
+  for (int c = c0; c < C; c += step) {
+    const A w = W[c * ldw + r];
+    A x[4];
+    ld4(X + c * kLd + j, x);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
+  }
+}
+
 template <int kMaxSplit = 8, typename A, typename Epi>
 __device__ __forceinline__ void mm_tn(int R, int C1, const A* __restrict__ W1, int ldw1,
                                       const A* __restrict__ X1, int C2, const A* __restrict__ W2,
@@ -159,20 +173,8 @@ __device__ __forceinline__ void mm_tn(int R, int C1, const A* __restrict__ W1, i
     for (int g = threadIdx.x; g < items; g += nthreads) {
       const int r = g / G, j = (g - r * G) * 4;
       A acc[4] = {A(0), A(0), A(0), A(0)};
-      for (int c = 0; c < C1; ++c) {
-        const A w = W1[c * ldw1 + r];
-        A x[4];
-        ld4(X1 + c * kLd + j, x);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
-      }
-      for (int c = 0; c < C2; ++c) {
-        const A w = W2[c * ldw2 + r];
-        A x[4];
-        ld4(X2 + c * kLd + j, x);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
-      }
+      mm_tn_rows(0, 1, C1, W1, ldw1, X1, r, j, acc);
+      mm_tn_rows(0, 1, C2, W2, ldw2, X2, r, j, acc);
       epi(r, j, acc);
     }
     return;
@@ -190,20 +192,8 @@ __device__ __forceinline__ void mm_tn(int R, int C1, const A* __restrict__ W1, i
     const bool live = r < R;
     A acc[4] = {A(0), A(0), A(0), A(0)};
     if (live) {
-      for (int c = q; c < C1; c += cs) {
-        const A w = W1[c * ldw1 + r];
-        A x[4];
-        ld4(X1 + c * kLd + j, x);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
-      }
-      for (int c = q; c < C2; c += cs) {
-        const A w = W2[c * ldw2 + r];
-        A x[4];
-        ld4(X2 + c * kLd + j, x);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fma(w, x[i], acc[i]);
-      }
+      mm_tn_rows(q, cs, C1, W1, ldw1, X1, r, j, acc);
+      mm_tn_rows(q, cs, C2, W2, ldw2, X2, r, j, acc);
     }
     for (int o = lanes; o < 32; o <<= 1) {
 #pragma unroll

@@ -130,9 +130,7 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
     n_tiles = tl.cdiv(P2, BLOCK_P)
     x_rows = fx2_ptr + b * s_xb + offs_n[:, None] * s_xc
     if PREFETCH_X:
-        offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-        x_next = tl.load(x_rows + offs_p[None, :] * s_xp,
-                         mask=n_ok[:, None] & (offs_p < P2)[None, :], other=0.0)
+        x_next = _tile(x_rows, n_ok, pid * BLOCK_P + tl.arange(0, BLOCK_P), P2, s_xp)
     # Tiles are dealt round-robin (tile = pid + it * S): the last, partly empty round costs
     # every program the same.
     for it in range(0, tl.cdiv(n_tiles, S)):
@@ -148,11 +146,9 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
         if PREFETCH_X:
             x = x_next
             offs_q = offs_p + S * BLOCK_P  # the next tile; past the end: masked, no traffic
-            x_next = tl.load(x_rows + offs_q[None, :] * s_xp,
-                             mask=n_ok[:, None] & (offs_q < P2)[None, :], other=0.0)
+            x_next = _tile(x_rows, n_ok, offs_q, P2, s_xp)
         else:
-            x = tl.load(x_rows + offs_p[None, :] * s_xp, mask=n_ok[:, None] & p_ok[None, :],
-                        other=0.0)
+            x = _tile(x_rows, n_ok, offs_p, P2, s_xp)
         c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
         a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,

@@ -139,12 +139,13 @@ def exemplar_subcrop(rng: np.random.Generator, image: torch.Tensor, label: torch
     user brings (29% of the demo's test pixels are of classes the exemplar lacks): a smaller
     exemplar makes such classes common in training too."""
     H, W = image.shape[-2:]
-    side = max(1, int(round(min(H, W) * rng.uniform(lo, hi))))
+    if H != W:
+        raise ValueError(f"exemplar_subcrop: expected a square patch, got {H}x{W}")
+    side = max(1, int(round(H * rng.uniform(lo, hi))))
     y, x = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
-    img, lab = image[..., y:y + side, x:x + side], label[..., y:y + side, x:x + side]
-    img = F.interpolate(img[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
-    lab = F.interpolate(lab[None, None].float(), size=(H, W), mode="nearest")[0, 0]
-    return img.clamp_(-1, 1).to(image.dtype).contiguous(), lab.to(label.dtype).contiguous()
+    img, lab = resize_pair(image[..., y:y + side, x:x + side],
+                           label[..., y:y + side, x:x + side], H)
+    return img.to(image.dtype).contiguous(), lab.contiguous()
 
 
 # --------------------------------------------------------------------------- conversions

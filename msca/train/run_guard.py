@@ -31,6 +31,8 @@ import time
 import warnings
 import weakref
 
+from msca.options import Options
+
 LOCK_NAME = "train.lock"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -233,7 +235,6 @@ def option_changes(saved_options: dict, options: dict, saved_train: dict,
 def check_resume(path: str, ckpt: dict, options: dict, train: dict, *, force: bool) -> None:
     """Refuses (RunFolderError) to resume from ckpt with changed options unless force, in
     which case the changes are only warned about."""
-    from msca.options import Options
     # an option the checkpoint predates takes its default, as it does when the run is loaded
     saved = {**Options().to_dict(), **(ckpt.get("options") or {})}
     changes = option_changes(saved, options, ckpt.get("train") or {}, train)

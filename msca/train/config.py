@@ -31,6 +31,11 @@ class TrainSettings:
     # config sets it because its VGG is randomly initialised (no ImageNet weights offline) and
     # a few thousand CPU steps do not give the GAN time to settle colours.
     lambda_l1: float = 0.0
+    # Extra pixel mean squared error, the same way (not in the paper either). PSNR is a
+    # function of the MSE: where the colour of a region is uncertain (a class the exemplar
+    # lacks) the MSE asks for the mean of the possible colours, the L1 for their median and the
+    # GAN for one sample of them.
+    lambda_mse: float = 0.0
     bf16: bool = False                # bfloat16 autocast for the forward passes
     grad_clip: float = 0.0            # 0: off
     # Exponential moving average of G (0: off); the exported model ships the EMA weights.
@@ -43,8 +48,9 @@ class TrainSettings:
         for name in ("steps", "checkpoint_every", "log_every", "train_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
-        if self.lambda_l1 < 0 or self.grad_clip < 0:
-            raise ValueError("train.lambda_l1, train.grad_clip: expected >= 0")
+        for name in ("lambda_l1", "lambda_mse", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay: expected a number in [0, 1), got "
                              f"{self.ema_decay}")

@@ -393,6 +393,11 @@ class Trainer:
                         w = 1.0 if name == "cross" else self.opt.lambda_global
                         g_losses[f"{name}/l1"] = (w * self.settings.lambda_l1 *
                                                   F.l1_loss(t.fake, t.real))
+                if self.settings.lambda_mse > 0:
+                    for name, t in g_tasks.items():
+                        w = 1.0 if name == "cross" else self.opt.lambda_global
+                        g_losses[f"{name}/mse"] = (w * self.settings.lambda_mse *
+                                                   F.mse_loss(t.fake, t.real))
                 g_losses.update(corr_terms)
                 g_total = total(g_losses)
         if update_g:

@@ -323,3 +323,19 @@ def test_exemplar_subcrop_is_a_resized_window():
     shifted = win - 0.25 * (1 + 2) / 120
     assert torch.allclose(out[:, 2::2, 2::2], shifted[:, 1:, 1:], atol=1e-5)
     assert torch.equal(out_lab[::2, ::2], lab[y:y + 20, x:x + 20])
+
+
+def test_pixel_mse_term_is_logged_and_weighted(tmp_path):
+    """train.lambda_mse adds w * lambda_mse * MSE(fake, real) per task in the GAN stages: the
+    logged term divided by its weight is the MSE of the step's fake (checked through the
+    ratio of two weights on identical steps), and a negative weight is refused by name."""
+    t1 = make(tmp_path / "a", st=settings(lambda_mse=2.0))
+    t2 = make(tmp_path / "b", st=settings(lambda_mse=6.0))
+    for t in (t1, t2):
+        t.step = 2                      # the patch stage (no pretraining step needed)
+    l1, l2 = t1.train_step(), t2.train_step()
+    assert "cross/mse" in l1 and "pre/mse" not in l1
+    assert l1["cross/mse"] > 0
+    assert l2["cross/mse"] == pytest.approx(3.0 * l1["cross/mse"], rel=1e-5)
+    with pytest.raises(ValueError, match="train.lambda_mse"):
+        TrainSettings(lambda_mse=-1.0).validate()

@@ -46,8 +46,9 @@ from ._common import block, size_bucket
 @triton.jit
 def _tile(rows, r_ok, offs_p, P, s_p):
     """A (rows, positions) tile: rows[:, None] + offs_p * s_p, zero outside the map."""
-    return tl.load(rows + offs_p[None, :] * s_p, mask=r_ok[:, None] & (offs_p < P)[None, :],
-                   other=0.0)
+    # int64 positions: offs_p * s_p passes 2^31 in a channels_last map of > 2^31 elements
+    return tl.load(rows + offs_p[None, :].to(tl.int64) * s_p,
+                   mask=r_ok[:, None] & (offs_p < P)[None, :], other=0.0)
 
 
 @triton.jit
@@ -58,8 +59,8 @@ def _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr, offs_k, offs_p, k_ok, p_
     a += phi_b[:, None]
     valid = k_ok[:, None] & p_ok[None, :]
     if HAS_SB:
-        sb = tl.load(sb_ptr + offs_k[:, None] * s_sbk + offs_p[None, :] * s_sbp, mask=valid,
-                     other=0.0)
+        sb = tl.load(sb_ptr + offs_k[:, None] * s_sbk + offs_p[None, :].to(tl.int64) * s_sbp,
+                     mask=valid, other=0.0)
         a += sb.to(tl.float32)
     return tl.where(valid, a, float("-inf"))
 
@@ -90,7 +91,7 @@ def _target_softmax(psi, f, psi_b, cb_ptr, offs_k, offs_t, k_ok, t_ok, s_cbk, s_
         b = _exact_where_nan(psi, f, b)
     b += psi_b[:, None]
     if HAS_CB:
-        cb = tl.load(cb_ptr + offs_k[:, None] * s_cbk + offs_t[None, :] * s_cbt,
+        cb = tl.load(cb_ptr + offs_k[:, None] * s_cbk + offs_t[None, :].to(tl.int64) * s_cbt,
                      mask=k_ok[:, None] & t_ok[None, :], other=0.0)
         b += cb.to(tl.float32)
     b = tl.where(k_ok[:, None], b, float("-inf"))
@@ -149,7 +150,8 @@ def _msca_fwd_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, vp_ptr, mp_ptr
             x_next = _tile(x_rows, n_ok, offs_q, P2, s_xp)
         else:
             x = _tile(x_rows, n_ok, offs_p, P2, s_xp)
-        c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc + offs_p[None, :] * s_cp,
+        c = tl.load(fc2_ptr + b * s_cb + offs_m[:, None] * s_cc
+                    + offs_p[None, :].to(tl.int64) * s_cp,
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
         a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
                              p_ok, s_sbk, s_sbp, HAS_SB, DOT_PREC)
@@ -231,7 +233,7 @@ def _msca_out_kernel(fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, mask_ptr, out_pt
     psi = tl.load(psi_ptr + offs_k[:, None] * M1 + offs_m[None, :],
                   mask=k_ok[:, None] & m_ok[None, :], other=0.0)
     psi_b = tl.load(psib_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-    f = tl.load(fc1_ptr + b * s_fb + offs_m[:, None] * s_fc + offs_t[None, :] * s_fp,
+    f = tl.load(fc1_ptr + b * s_fb + offs_m[:, None] * s_fc + offs_t[None, :].to(tl.int64) * s_fp,
                 mask=m_ok[:, None] & t_ok[None, :], other=0.0)
     beta = _target_softmax(psi, f, psi_b, cb_ptr + b * s_cbb, offs_k, offs_t, k_ok, t_ok, s_cbk,
                            s_cbt, HAS_CB, DOT_PREC)
@@ -471,8 +473,9 @@ _MIN_TILE = 32 if not _common.INTERPRET else 16
 
 # Grids and offsets. Grid axis 0 may hold 2^31 - 1 programs, axes 1 and 2 only 65535: every
 # kernel puts its tiles or splits on axis 0 and the batch on axis 1 (B <= 65535 is checked).
-# _I64: offsets are 64-bit (batch index and channel index vectors in int64), so tensors of more
-# than 2^31 elements are addressed correctly; positions within one map stay 32-bit.
+# _I64: offsets are 64-bit (batch index and channel index vectors in int64, positions made
+# int64 where a position stride multiplies them: channels_last), so tensors of more than 2^31
+# elements are addressed correctly (tests/msca_kernels/test_triton_offsets64.py).
 MAX_GRID_0, MAX_GRID_12 = 2**31 - 1, 65535
 
 

@@ -27,10 +27,9 @@ passes (12); from the channel index vectors, the four WIDE contiguous cases; fro
 index, the three instance cases; from _group_addr's batch term, the three batch cases. Wrong
 values, not crashes: the padding in front of each tensor catches the wrapped addresses.
 
-Found here: the MSCA kernels multiply positions by the position stride in 32 bits, so a
-channels_last input with more than 2^31 elements in one batch item is read at wrong addresses
-(WIDE channels_last fails in all four passes; POSITION_TERM_32BIT marks it, strictly, until
-the kernels are fixed).
+Found here: the MSCA kernels multiplied positions by the position stride in 32 bits, so a
+channels_last input with more than 2^31 elements in one batch item was read at wrong addresses
+(WIDE channels_last failed in all four passes); those positions are int64 now.
 """
 from __future__ import annotations
 
@@ -265,14 +264,8 @@ class MscaCase:
         return t[b][:, self.J].double()
 
 
-POSITION_TERM_32BIT = pytest.mark.xfail(
-    strict=True, reason="positions times the position stride are 32-bit in msca.py: a "
-    "channels_last input of more than 2^31 elements per batch item is read at wrong addresses")
-
-
-@pytest.fixture(params=[(WIDE, "contiguous"),
-                        pytest.param((WIDE, "channels_last"), marks=POSITION_TERM_32BIT),
-                        (DEEP, "contiguous"), (DEEP, "channels_last")],
+@pytest.fixture(params=[(WIDE, "contiguous"), (WIDE, "channels_last"), (DEEP, "contiguous"),
+                        (DEEP, "channels_last")],
                 ids=["wide", "wide-channels_last", "deep", "deep-channels_last"])
 def msca_case(request):
     return MscaCase(*request.param)

@@ -252,7 +252,10 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
                             s_fb, s_fc, s_fp, s_cbb, s_cbk, s_cbt,
                             HAS_CB: tl.constexpr, NEED_DCB: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                            BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr):
+                            BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr,
+                            ROLE: tl.constexpr = 0, PREFETCH: tl.constexpr = True):
+    # ROLE (see backward_roles): 0 computes everything below; 1 all but dVm (dfc1, dchannel_bias,
+    # dpsi, dpsi_bias); 2 only dVm. PREFETCH: the hand prefetch of the next tiles.
     b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
     pid = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
@@ -276,8 +279,9 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
     f_rows = fc1_ptr + b * s_fb + offs_m[:, None] * s_fc
     do_rows = do_ptr + b * N * P1 + offs_n[:, None] * P1
     offs_t = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    f_next = _tile(f_rows, m_ok, offs_t, P1, s_fp)
-    do_next = _tile(do_rows, n_ok, offs_t, P1, 1)
+    if PREFETCH:
+        f_next = _tile(f_rows, m_ok, offs_t, P1, s_fp)
+        do_next = _tile(do_rows, n_ok, offs_t, P1, 1)
     for it in range(0, tl.cdiv(n_tiles, S)):
         offs_t = (pid + it * S) * BLOCK_T + tl.arange(0, BLOCK_T)
         t_ok = offs_t < P1
@@ -286,30 +290,38 @@ def _msca_bwd_target_kernel(do_ptr, fc1_ptr, psi_ptr, psib_ptr, cb_ptr, v_ptr, m
         # latency. Triton's pipeliner cannot stream them into shared memory itself: each feeds
         # dots as different operands (f: the logits' B and dpsi's transposed B; dout: dbeta's B
         # and dVm's A). Past the last tile the loads are masked (no traffic).
-        f, do = f_next, do_next
-        offs_q = offs_t + S * BLOCK_T
-        f_next = _tile(f_rows, m_ok, offs_q, P1, s_fp)
-        do_next = _tile(do_rows, n_ok, offs_q, P1, 1)
+        if PREFETCH:
+            f, do = f_next, do_next
+            offs_q = offs_t + S * BLOCK_T
+            f_next = _tile(f_rows, m_ok, offs_q, P1, s_fp)
+            do_next = _tile(do_rows, n_ok, offs_q, P1, 1)
+        else:
+            f = _tile(f_rows, m_ok, offs_t, P1, s_fp)
+            do = _tile(do_rows, n_ok, offs_t, P1, 1)
         beta = _target_softmax(psi, f, psi_b, cb_ptr + b * s_cbb, offs_k, offs_t, k_ok, t_ok,
                                s_cbk, s_cbt, HAS_CB, DOT_PREC)
-        dbeta = tl.dot(vm_t, do.to(tl.float32), input_precision=DOT_PREC)  # (K, T)
-        db = beta * (dbeta - tl.sum(beta * dbeta, axis=0)[None, :])
-        dfc1 = tl.dot(psi_t32, db, input_precision=DOT_PREC)  # (M1, T)
-        tl.store(dfc1_ptr + b * M1 * P1 + offs_m[:, None] * P1 + offs_t[None, :],
-                 dfc1.to(dt), mask=m_ok[:, None] & t_ok[None, :])
-        if NEED_DCB:
-            tl.store(dcb_ptr + b * K * P1 + offs_k[:, None] * P1 + offs_t[None, :],
-                     db.to(dt), mask=k_ok[:, None] & t_ok[None, :])
-        acc_dvm += tl.dot(do, tl.trans(beta).to(dt), input_precision=DOT_PREC)
-        acc_dpsi += tl.dot(db, tl.trans(f.to(tl.float32)), input_precision=DOT_PREC)
-        acc_dpsib += tl.sum(db, axis=1)
+        if ROLE != 2:
+            dbeta = tl.dot(vm_t, do.to(tl.float32), input_precision=DOT_PREC)  # (K, T)
+            db = beta * (dbeta - tl.sum(beta * dbeta, axis=0)[None, :])
+            dfc1 = tl.dot(psi_t32, db, input_precision=DOT_PREC)  # (M1, T)
+            tl.store(dfc1_ptr + b * M1 * P1 + offs_m[:, None] * P1 + offs_t[None, :],
+                     dfc1.to(dt), mask=m_ok[:, None] & t_ok[None, :])
+            if NEED_DCB:
+                tl.store(dcb_ptr + b * K * P1 + offs_k[:, None] * P1 + offs_t[None, :],
+                         db.to(dt), mask=k_ok[:, None] & t_ok[None, :])
+            acc_dpsi += tl.dot(db, tl.trans(f.to(tl.float32)), input_precision=DOT_PREC)
+            acc_dpsib += tl.sum(db, axis=1)
+        if ROLE != 1:
+            acc_dvm += tl.dot(do, tl.trans(beta).to(dt), input_precision=DOT_PREC)
 
     part = b * S + pid
-    tl.store(dvm_p_ptr + part * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K + offs_k[None, :],
-             acc_dvm)
-    tl.store(dpsi_p_ptr + part * BLOCK_K * BLOCK_M + offs_k[:, None] * BLOCK_M + offs_m[None, :],
-             acc_dpsi)
-    tl.store(dpsib_p_ptr + part * BLOCK_K + offs_k, acc_dpsib)
+    if ROLE != 1:
+        tl.store(dvm_p_ptr + part * BLOCK_N * BLOCK_K + offs_n[:, None] * BLOCK_K
+                 + offs_k[None, :], acc_dvm)
+    if ROLE != 2:
+        tl.store(dpsi_p_ptr + part * BLOCK_K * BLOCK_M + offs_k[:, None] * BLOCK_M
+                 + offs_m[None, :], acc_dpsi)
+        tl.store(dpsib_p_ptr + part * BLOCK_K + offs_k, acc_dpsib)
 
 
 @triton.jit
@@ -321,7 +333,11 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
                               DALPHA_F64: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_M: tl.constexpr,
                               BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-                              DOT_PREC: tl.constexpr):
+                              DOT_PREC: tl.constexpr, ROLE: tl.constexpr = 0,
+                              PREFETCH: tl.constexpr = True):
+    # ROLE (see backward_roles): 0 computes everything below; 1 the per-position gradients
+    # (dfx2, dfc2, dspatial_bias); 2 the weight gradients (dphi, dphi_bias). PREFETCH: the
+    # hand prefetch of the next tiles.
     b = tl.program_id(1).to(tl.int64)  # 64-bit offsets, see _I64
     pid = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
@@ -352,17 +368,22 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
     x_rows = fx2_ptr + b * s_xb + offs_n[:, None] * s_xc
     c_rows = fc2_ptr + b * s_cb + offs_m[:, None] * s_cc
     offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    x_next = _tile(x_rows, n_ok, offs_p, P2, s_xp)
-    c_next = _tile(c_rows, m_ok, offs_p, P2, s_cp)
+    if PREFETCH:
+        x_next = _tile(x_rows, n_ok, offs_p, P2, s_xp)
+        c_next = _tile(c_rows, m_ok, offs_p, P2, s_cp)
     for it in range(0, tl.cdiv(n_tiles, S)):
         offs_p = (pid + it * S) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = offs_p < P2
         # Prefetch by hand, as in the target pass: x and fc2 each feed dots as different
         # operands (the logits, dalpha, dphi), so the pipeliner leaves their loads synchronous.
-        x, c = x_next, c_next
-        offs_q = offs_p + S * BLOCK_P
-        x_next = _tile(x_rows, n_ok, offs_q, P2, s_xp)
-        c_next = _tile(c_rows, m_ok, offs_q, P2, s_cp)
+        if PREFETCH:
+            x, c = x_next, c_next
+            offs_q = offs_p + S * BLOCK_P
+            x_next = _tile(x_rows, n_ok, offs_q, P2, s_xp)
+            c_next = _tile(c_rows, m_ok, offs_q, P2, s_cp)
+        else:
+            x = _tile(x_rows, n_ok, offs_p, P2, s_xp)
+            c = _tile(c_rows, m_ok, offs_p, P2, s_cp)
         a = _exemplar_logits(phi_x, phi_c, x, c, phi_b, sb_ptr + b * s_sbb, offs_k, offs_p, k_ok,
                              p_ok, s_sbk, s_sbp, HAS_SB, DOT_PREC)
         alpha = tl.where(row_ok[:, None], tl.exp(a - lse[:, None]), 0.0)  # (K, P)
@@ -378,26 +399,30 @@ def _msca_bwd_exemplar_kernel(fx2_ptr, fc2_ptr, phi_ptr, phib_ptr, sb_ptr, lse_p
         else:
             dalpha = tl.dot(dv_t, x32, input_precision=DOT_PREC)
             da = alpha * (dalpha - cc[:, None])
-        dfx2 = (tl.dot(dv, alpha, input_precision=DOT_PREC)
-                + tl.dot(phi_xt, da, input_precision=DOT_PREC))
-        dfc2 = tl.dot(phi_ct, da, input_precision=DOT_PREC)
-        tl.store(dfx2_ptr + b * N * P2 + offs_n[:, None] * P2 + offs_p[None, :], dfx2.to(dt),
-                 mask=n_ok[:, None] & p_ok[None, :])
-        tl.store(dfc2_ptr + b * M2 * P2 + offs_m[:, None] * P2 + offs_p[None, :], dfc2.to(dt),
-                 mask=m_ok[:, None] & p_ok[None, :])
-        if NEED_DSB:
-            tl.store(dsb_ptr + b * K * P2 + offs_k[:, None] * P2 + offs_p[None, :], da.to(dt),
-                     mask=k_ok[:, None] & p_ok[None, :])
-        acc_dphix += tl.dot(da, tl.trans(x32), input_precision=DOT_PREC)
-        acc_dphic += tl.dot(da, tl.trans(c32), input_precision=DOT_PREC)
-        acc_dphib += tl.sum(da, axis=1)
+        if ROLE != 2:
+            dfx2 = (tl.dot(dv, alpha, input_precision=DOT_PREC)
+                    + tl.dot(phi_xt, da, input_precision=DOT_PREC))
+            dfc2 = tl.dot(phi_ct, da, input_precision=DOT_PREC)
+            tl.store(dfx2_ptr + b * N * P2 + offs_n[:, None] * P2 + offs_p[None, :],
+                     dfx2.to(dt), mask=n_ok[:, None] & p_ok[None, :])
+            tl.store(dfc2_ptr + b * M2 * P2 + offs_m[:, None] * P2 + offs_p[None, :],
+                     dfc2.to(dt), mask=m_ok[:, None] & p_ok[None, :])
+            if NEED_DSB:
+                tl.store(dsb_ptr + b * K * P2 + offs_k[:, None] * P2 + offs_p[None, :],
+                         da.to(dt), mask=k_ok[:, None] & p_ok[None, :])
+        if ROLE != 1:
+            acc_dphix += tl.dot(da, tl.trans(x32), input_precision=DOT_PREC)
+            acc_dphic += tl.dot(da, tl.trans(c32), input_precision=DOT_PREC)
+            acc_dphib += tl.sum(da, axis=1)
 
-    part = b * S + pid
-    CB = BLOCK_N + BLOCK_M
-    tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + offs_n[None, :], acc_dphix)
-    tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + BLOCK_N + offs_m[None, :],
-             acc_dphic)
-    tl.store(dphib_p_ptr + part * BLOCK_K + offs_k, acc_dphib)
+    if ROLE != 1:
+        part = b * S + pid
+        CB = BLOCK_N + BLOCK_M
+        tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + offs_n[None, :],
+                 acc_dphix)
+        tl.store(dphi_p_ptr + part * BLOCK_K * CB + offs_k[:, None] * CB + BLOCK_N
+                 + offs_m[None, :], acc_dphic)
+        tl.store(dphib_p_ptr + part * BLOCK_K + offs_k, acc_dphib)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +449,8 @@ _INTERP_T = dict(BLOCK_T=16, num_warps=4)
 TUNE_KEYS = {
     "_msca_fwd_kernel": ["N", "M2", "K", "P_BUCKET", "HAS_SB"],
     "_msca_out_kernel": ["N", "M1", "K", "P_BUCKET", "HAS_CB"],
-    "_msca_bwd_target_kernel": ["N", "M1", "K", "P_BUCKET", "HAS_CB", "NEED_DCB"],
-    "_msca_bwd_exemplar_kernel": ["N", "M2", "K", "P_BUCKET", "HAS_SB", "NEED_DSB"],
+    "_msca_bwd_target_kernel": ["N", "M1", "K", "P_BUCKET", "HAS_CB", "NEED_DCB", "ROLE"],
+    "_msca_bwd_exemplar_kernel": ["N", "M2", "K", "P_BUCKET", "HAS_SB", "NEED_DSB", "ROLE"],
 }
 _fwd_kernel, _fwd_meta = _common.tuned(
     _msca_fwd_kernel, _common.configs(_P_OPTIONS), TUNE_KEYS["_msca_fwd_kernel"], _INTERP_P)
@@ -434,22 +459,26 @@ _out_kernel, _out_meta = _common.tuned(
 
 
 def prune_backward(configs: list, named_args: dict, **meta) -> list:
-    """The backward configurations worth timing: float32 keeps 8 warps only, and at
-    K >= 64 only the 16-position tile; never none (then the first, smallest configuration).
+    """The backward configurations worth timing: at BLOCK_K >= 64 only 16-position tiles, for
+    every dtype; float32 only 8 warps, at every K. Never none (then the first, smallest one).
 
     Why (ptxas -v for sm_90 on the runtime's specialisation, N = M1 = M2 = 64, no GPU to time
-    them): with the hand prefetch, float32 at 4 warps used 255 registers and spilled in the
-    target pass already at K = 16 (24 B; at K = 64 2.4 KB) and in the exemplar pass at K = 64
-    (228 B): each thread holds the K x N and K x M accumulators and weights next to two tiles.
-    At K = 64 the 8-warp 16-position tile still spills (480 B and 104 B; 16 warps, capped at
-    128 registers, spilled 1.6-1.8 KB): the least of those measured, kept. 16-bit inputs hold
-    half as much and keep every configuration."""
+    them; tools: make triton-check). Each program holds K x N and K x M accumulators and weights
+    next to its tiles. With the hand prefetch, float32 at 4 warps spilled in the target pass
+    already at K = 16 (24 B). At K = 64, with one launch per pass (before backward_roles), every
+    float32 configuration spilled, the kept 8-warp 16-position ones least (target 480 B,
+    exemplar 104 B; 16 warps, capped at 128 registers, 1.6-1.8 KB), and bfloat16 spilled in
+    its 32- and 64-position tiles and in every exemplar configuration (12-1228 B). With the
+    two launches per pass at K >= 64 (ROLE 1 and 2), the 16-position tiles kept here spill
+    nothing: float32 8 warps, target 226/243 registers (ROLE 1 without the prefetch / ROLE 2),
+    exemplar 186/255; bfloat16 4 and 8 warps, 63-253 registers. Larger tiles still spill there
+    (float32 200 B to 4.5 KB, bfloat16 116-276 B)."""
     x = named_args.get("fx2_ptr", named_args.get("fc1_ptr"))
-    if x is None or x.dtype != torch.float32:
-        return configs
     tile = lambda c: c.kwargs.get("BLOCK_P", c.kwargs.get("BLOCK_T"))  # noqa: E731
+    wide = meta.get("BLOCK_K", 0) >= 64
+    f32 = x is not None and x.dtype == torch.float32
     keep = [c for c in configs
-            if c.num_warps == 8 and (meta.get("BLOCK_K", 0) < 64 or tile(c) == 16)]
+            if (not f32 or c.num_warps == 8) and (not wide or tile(c) == 16)]
     return keep or configs[:1]
 
 
@@ -487,6 +516,17 @@ def _check_batch(B: int) -> None:
     if B > MAX_GRID_12:
         raise ValueError(f"fx2: the triton backend takes at most {MAX_GRID_12} batch items "
                          f"(grid axis 1), got {B}")
+
+
+def backward_roles(block_k: int) -> tuple[int, ...]:
+    """The launches of each backward pass, as the kernels' ROLE values: (0,), one launch that
+    computes everything, below BLOCK_K = 64; (1, 2) from there, two launches over the same
+    tiles, one for the per-position gradients and one for the K x N / K x M weight-gradient
+    accumulators. At K = 64 one program holding both spilled registers on sm_90 in every
+    configuration (see prune_backward). The cost of the split: the second launch reads the
+    pass's inputs again (fc1 and dout, or fx2 and fc2) and recomputes beta, or the logits
+    and dalpha."""
+    return (1, 2) if block_k >= 64 else (0,)
 
 
 def _v_precision(dtype: torch.dtype) -> str:
@@ -589,12 +629,14 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dpsi_p = torch.empty((B, S1, BK, BM1), **f32)
     dpsib_p = torch.empty((B, S1, BK), **f32)
     cb = channel_bias if channel_bias is not None else fc1
-    _common.launch(_bwd_target_kernel, (S1, B), 
-        grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1, dcb if need_channel_bias_grad
-        else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1, size_bucket(P1),
-        *fc1.stride(), *_strides3(channel_bias),
-        HAS_CB=channel_bias is not None, NEED_DCB=need_channel_bias_grad, BLOCK_N=BN,
-        BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec, **_bwd_target_meta)
+    for role in backward_roles(BK):
+        _common.launch(_bwd_target_kernel, (S1, B), 
+            grad_out, fc1, psi_weight, psi_bias, cb, V, mask, dfc1,
+            dcb if need_channel_bias_grad else dfc1, dvm_p, dpsi_p, dpsib_p, N, M1, K, P1, S1,
+            size_bucket(P1), *fc1.stride(), *_strides3(channel_bias),
+            HAS_CB=channel_bias is not None, NEED_DCB=need_channel_bias_grad, BLOCK_N=BN,
+            BLOCK_M=BM1, BLOCK_K=BK, DOT_PREC=prec, ROLE=role, PREFETCH=role != 1,
+            **_bwd_target_meta)
 
     # The small reductions between the passes (N x K and K values per batch item), in a fixed
     # order: dVm, then dmask = sum_n dVm V, dV = dVm * mask and c = sum_n dV V.
@@ -615,14 +657,15 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     dphi_p = torch.empty((B, S2, BK, BN + BM2), **f32)
     dphib_p = torch.empty((B, S2, BK), **f32)
     sb = spatial_bias if spatial_bias is not None else fx2
-    _common.launch(_bwd_exemplar_kernel, (S2, B), 
-        fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
-        dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
-        size_bucket(P2),
-        *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
-        HAS_SB=spatial_bias is not None, NEED_DSB=need_spatial_bias_grad,
-        DALPHA_F64=dalpha_f64, BLOCK_N=BN,
-        BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec, **_bwd_exemplar_meta)
+    for role in backward_roles(BK):
+        _common.launch(_bwd_exemplar_kernel, (S2, B), 
+            fx2, fc2, phi_weight, phi_bias, sb, lse, dv, c, dfx2, dfc2,
+            dsb if need_spatial_bias_grad else dfx2, dphi_p, dphib_p, N, M2, K, P2, S2,
+            size_bucket(P2),
+            *fx2.stride(), *fc2.stride(), *_strides3(spatial_bias),
+            HAS_SB=spatial_bias is not None, NEED_DSB=need_spatial_bias_grad,
+            DALPHA_F64=dalpha_f64, BLOCK_N=BN,
+            BLOCK_M=BM2, BLOCK_K=BK, DOT_PREC=prec, ROLE=role, **_bwd_exemplar_meta)
 
     dphi_full = dphi_p.sum((0, 1))
     dphi = torch.cat([dphi_full[:K, :N], dphi_full[:K, BN:BN + M2]], dim=1).to(dt)

@@ -34,7 +34,10 @@ def test_prune_backward(arg):
     narrow = tm.prune_backward(cfgs, t(torch.float32), BLOCK_K=16)
     assert narrow and all(c.num_warps == 8 for c in narrow)
     assert {_shape(c)[0] for c in narrow} == {16, 32, 64}
-    assert tm.prune_backward(cfgs, t(torch.bfloat16), BLOCK_K=64) == cfgs
+    assert tm.prune_backward(cfgs, t(torch.bfloat16), BLOCK_K=32) == cfgs
+    # 16-bit at K >= 64: 16-position tiles only, both warp counts (larger tiles spill)
+    assert [_shape(c) for c in tm.prune_backward(cfgs, t(torch.bfloat16), BLOCK_K=64)] == [
+        (16, 4, 2), (16, 4, 3), (16, 8, 2), (16, 8, 3)]
     # never empty: with no 8-warp configuration the first one stays
     four = [c for c in cfgs if c.num_warps == 4]
     assert tm.prune_backward(four, t(torch.float32), BLOCK_K=64) == four[:1]

@@ -471,8 +471,9 @@ def prune_backward(configs: list, named_args: dict, **meta) -> list:
     its 32- and 64-position tiles and in every exemplar configuration (12-1228 B). With the
     two launches per pass at K >= 64 (ROLE 1 and 2), the 16-position tiles kept here spill
     nothing: float32 8 warps, target 226/243 registers (ROLE 1 without the prefetch / ROLE 2),
-    exemplar 186/255; bfloat16 4 and 8 warps, 63-253 registers. Larger tiles still spill there
-    (float32 200 B to 4.5 KB, bfloat16 116-276 B)."""
+    exemplar 186/255; bfloat16 and float16, 4 and 8 warps, 63-253 registers. Larger tiles
+    still spill there (float32 200 B to 4.5 KB, bfloat16 116-276 B). Not swept: 16-bit
+    configurations below K = 64 (kept unchanged)."""
     x = named_args.get("fx2_ptr", named_args.get("fc1_ptr"))
     tile = lambda c: c.kwargs.get("BLOCK_P", c.kwargs.get("BLOCK_T"))  # noqa: E731
     wide = meta.get("BLOCK_K", 0) >= 64

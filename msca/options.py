@@ -39,6 +39,10 @@ class Options:
     # (resized back), so that target classes the exemplar lacks occur in training as they do
     # across scenes (msca.data.transforms.exemplar_subcrop); 0 = the paper's task.
     exemplar_subcrop: float = 0.0
+    # Probability that the global task's exemplar is the target image mirrored (Eq. 10 then
+    # reconstructs x from flip(x), the paper's "mirroring" task) instead of x itself: without
+    # it the global task only ever asks to copy an exemplar in place; 0 = the paper's task.
+    global_exemplar_flip: float = 0.0
     # "msca": the paper's generator (alignment above selects MSCA or an ablation);
     # "spade_vae": the global-style-code baseline of Table 1 (msca/models/style_code.py: an
     # exemplar encoder to (mu, logvar) and a SPADE generator on the target label and z).
@@ -139,9 +143,10 @@ class Options:
                 and 0 <= self.attention_global_maps <= min(self.attention_k)):
             raise ValueError(f"attention_global_maps: expected an int in [0, min(attention_k)="
                              f"{min(self.attention_k)}], got {self.attention_global_maps!r}")
-        if not 0.0 <= self.exemplar_subcrop <= 1.0:
-            raise ValueError(f"exemplar_subcrop: expected a probability in [0, 1], got "
-                             f"{self.exemplar_subcrop}")
+        for name in ("exemplar_subcrop", "global_exemplar_flip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got "
+                                 f"{getattr(self, name)}")
         for name in ("attention_logit_scale", "lambda_corr_label", "lambda_corr_rgb",
                      "corr_gan_factor"):
             v = getattr(self, name)

@@ -260,7 +260,8 @@ class Trainer:
         idx = self.order.take(opt.batch_size)
         late = self.global_task_on(stage)
         patch = opt.late_crop_size if late else opt.crop_size
-        fields = {k: [] for k in ("image_p", "label_p", "image_q", "label_q", "image", "label")}
+        fields = {k: [] for k in ("image_p", "label_p", "image_q", "label_q", "image", "label",
+                                  "image_ex", "label_ex")}
         for i in idx:
             item = self.dataset[i]
             image, label = item["image"], item["label"]
@@ -279,6 +280,10 @@ class Trainer:
                     g_img, g_lab = random_hflip(rng, g_img, g_lab)
                 fields["image"].append(g_img)
                 fields["label"].append(g_lab)
+                if opt.global_exemplar_flip > 0:  # the global task's exemplar: x or flip(x)
+                    flip = rng.random() < opt.global_exemplar_flip
+                    fields["image_ex"].append(g_img.flip(-1) if flip else g_img)
+                    fields["label_ex"].append(g_lab.flip(-1) if flip else g_lab)
         out = {k: torch.stack(v).to(self.device) for k, v in fields.items() if v}
         if self.settings.bf16:
             # Under autocast the generator's 1x1 compression yields bf16 Fx2 while its label
@@ -349,7 +354,8 @@ class Trainer:
         """(conditioning, real) per task: cross (Eq. 9) and, late, global (Eq. 10)."""
         tasks = {"cross": ((b["label_p"], b["image_q"], b["label_q"]), b["image_p"])}
         if late:
-            tasks["global"] = ((b["label"], b["image"], b["label"]), b["image"])
+            ex, ex_label = b.get("image_ex", b["image"]), b.get("label_ex", b["label"])
+            tasks["global"] = ((b["label"], ex, ex_label), b["image"])
         return tasks
 
     def _gan_step(self, b: dict, late: bool) -> dict:

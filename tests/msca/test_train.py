@@ -339,3 +339,20 @@ def test_pixel_mse_term_is_logged_and_weighted(tmp_path):
     assert l2["cross/mse"] == pytest.approx(3.0 * l1["cross/mse"], rel=1e-5)
     with pytest.raises(ValueError, match="train.lambda_mse"):
         TrainSettings(lambda_mse=-1.0).validate()
+
+
+def test_global_exemplar_flip_mirrors_only_the_exemplar(tmp_path):
+    """global_exemplar_flip=1: the global task reconstructs x from flip(x) (the target and its
+    label stay as drawn); 0 (the paper's task) leaves no separate exemplar in the batch, so the
+    random stream of older configs is unchanged."""
+    t = make(tmp_path / "a", opt=tiny(global_exemplar_flip=1.0))
+    late = t._batch(4, "patch_global")
+    assert torch.equal(late["image_ex"], late["image"].flip(-1))
+    assert torch.equal(late["label_ex"], late["label"].flip(-1))
+    (c, x2, c2), real = t._tasks(late, late=True)["global"]
+    assert torch.equal(x2, late["image"].flip(-1)) and torch.equal(real, late["image"])
+    plain = make(tmp_path / "b")._batch(4, "patch_global")
+    assert "image_ex" not in plain
+    assert torch.equal(plain["image"], late["image"])
+    with pytest.raises(ValueError, match="global_exemplar_flip"):
+        tiny(global_exemplar_flip=1.5).validate()

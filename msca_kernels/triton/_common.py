@@ -95,6 +95,27 @@ def tuned(kernel, gpu_configs: list, key: list[str], interpret_meta: dict, prune
     return triton.autotune(configs=gpu_configs, key=key, prune_configs_by=by)(kernel), {}
 
 
+def read_kernel_sources_now(namespace: dict) -> None:
+    """Under the interpreter: has triton read and rewrite the source of every kernel and
+    device function in `namespace` (a kernel module's globals(), called at its end) now, at
+    import, rather than at each one's first launch. A no-op on the GPU.
+
+    Why: the interpreter runs a kernel by re-reading its source from the file on disk
+    (inspect.getsourcelines, at the line numbers of the imported code) the first time it
+    runs. If the file was edited in between (another checkout user, an editor saving during a
+    test run), it reads other lines: a KeyError inside triton's interpreter (the rewritten code
+    no longer defines the kernel's name), or new kernel code run with the old host code. Read
+    here, the source is the one Python has just compiled
+    (tests/msca_kernels/test_triton_interpreter_source.py)."""
+    if not INTERPRET:
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    for value in list(namespace.values()):  # rewriting adds names to the module's globals
+        if isinstance(value, InterpretedFunction):
+            value.rewrite()
+
+
 def device_guard(device: torch.device):
     """Makes `device` the current CUDA device for the launches inside (triton launches on the
     current device: tensors on cuda:1 while cuda:0 is current would be read from the wrong GPU);

@@ -713,3 +713,7 @@ def msca_forward(fx2, fc2, fc1, phi, psi, mask=None, phi_bias=None, psi_bias=Non
         psi.contiguous(), psi_bias.contiguous(), mask.contiguous(), flat(spatial_bias),
         flat(channel_bias))
     return out.view(B, N, H1, W1)
+
+
+# Under the interpreter, read every kernel's source now (see _common.read_kernel_sources_now).
+_common.read_kernel_sources_now(globals())

@@ -273,3 +273,7 @@ def spade_norm_forward(x, gamma, beta, mean_in, rstd_in, instance, eps):
     Called by msca_kernels.spade_norm after validation (same contract as the C++ op)."""
     return torch.ops.msca_kernels.triton_spade_norm_fwd(x, gamma, beta, mean_in, rstd_in,
                                                         bool(instance), float(eps))
+
+
+# Under the interpreter, read every kernel's source now (see _common.read_kernel_sources_now).
+_common.read_kernel_sources_now(globals())

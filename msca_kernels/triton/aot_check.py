@@ -13,13 +13,18 @@ the verdicts describe the binary a GPU runs for such a call.
 
     python -m msca_kernels.triton.aot_check [--archs 80,90] [--dtypes float32,float16,bfloat16]
     python -m msca_kernels.triton.aot_check --quick    # make test: first configuration only
+    python -m msca_kernels.triton.aot_check --only '_msca_bwd.*K=64'   # some launches only
 
-Fails (exit 1) when a kernel does not compile for an architecture, or (full mode) when none of
-a kernel's configurations fits: no spills and shared memory within the SM's limit.
-Configurations that do not fit are reported as "skip" (the autotuner drops those that cannot
-launch and times the rest). --quick compiles only each kernel's first configuration and fails
-on compile errors alone. Needs no GPU and no CUDA
-toolkit: triton's own compiler and ptxas.
+A configuration fits when it spills no registers and its shared memory is within the SM's
+limit. Fails (exit 1) when a kernel does not compile for an architecture; when a configuration
+that the kernel's prune (triton's early_config_prune, e.g. msca.prune_backward) keeps for that
+launch does not fit, since the prune exists to keep only fitting ones (full mode, FAIL); or
+(full mode) when none of a kernel's configurations fits. Other configurations that do not fit
+are reported as "skip": those the prune drops (marked "pruned"; kept ones "kept") and those of
+kernels without a prune (the autotuner drops what cannot launch and times the rest). --quick
+compiles only each kernel's first configuration that the autotuner would time (the first one
+the prune keeps) and fails on compile errors alone. Needs no GPU and no CUDA toolkit: triton's
+own compiler and ptxas.
 """
 from __future__ import annotations
 
@@ -63,9 +68,12 @@ def _launches(dtype: torch.dtype) -> list[tuple[str, tuple, tuple, dict]]:
     cases = []
     # MSCA at the benchmark's widths (N = M1 = M2 = 64, K = 16) on 32x32 maps, where the
     # runtime marks every size divisible by 16 (as for any map whose sides are multiples of 4),
-    # and at odd widths and sizes with biases, where it marks none
+    # at odd widths and sizes with biases, where it marks none, and at K = 64, where each
+    # backward pass runs as two launches (ROLE 1 and 2, msca.backward_roles) whose kept
+    # configurations prune_backward claims spill-free
     for (N, M1, M2, K), biases, (P2, P1) in (((64, 64, 64, 16), False, (1024, 1024)),
-                                             ((17, 11, 9, 5), True, (300, 257))):
+                                             ((17, 11, 9, 5), True, (300, 257)),
+                                             ((64, 64, 64, 64), False, (1024, 1024))):
         B = 2
         fx2, fc2, fc1 = r(B, N, P2), r(B, M2, P2), r(B, M1, P1)
         phi, psi = r(K, N + M2), r(K, M1)
@@ -138,14 +146,48 @@ def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
     return max(regs, default=0), max(spills, default=0)
 
 
-def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> int:
+def kept_by_prune(tuner, args: tuple, meta: dict) -> list | None:
+    """The configurations the autotuner would time for this launch: its early_config_prune
+    called as triton's Autotuner.run calls it (all configurations, the positional arguments by
+    name, the launch's keyword arguments). None when the kernel has no prune (or one
+    configuration, which triton runs unpruned)."""
+    prune = getattr(tuner, "early_config_prune", None)
+    if prune is None or len(tuner.configs) <= 1:
+        return None
+    kept = prune(tuner.configs, dict(zip(tuner.arg_names, args)), **meta)
+    if not kept:
+        raise RuntimeError(f"{tuner.fn.__name__}: early_config_prune kept no configuration "
+                           f"(triton's autotuner raises on this launch)")
+    return kept
+
+
+def verdict(fits: bool, kept: bool | None, strict: bool) -> str:
+    """A compiled configuration's verdict: "ok" (no spills, shared memory within the SM's),
+    "skip" (does not fit, but nothing claims it does: the prune drops it, or the kernel has no
+    prune and the autotuner times what launches), "FAIL" (strict, i.e. full mode: does not fit
+    although the kernel's prune keeps it for this launch, so the autotuner would time a
+    spilling or unlaunchable configuration)."""
+    if fits:
+        return "ok"
+    return "FAIL" if kept and strict else "skip"
+
+
+def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
+          only: str | None = None) -> int:
+    """Compiles and judges the launches (those whose "kernel [case]" matches the regular
+    expression `only`, if given); returns the number of failures."""
     failures = 0
     seen = set()
     for dtype in dtypes:
         for case, kernel, args, meta in _launches(dtype):
             tuner = kernel if isinstance(kernel, triton.runtime.Autotuner) else None
             fn = tuner.fn if tuner else kernel
-            configs = (tuner.configs[:1] if quick else tuner.configs) if tuner else [None]
+            if only is not None and not re.search(only, f"{fn.__name__} [{case}]"):
+                continue
+            kept = kept_by_prune(tuner, args, meta) if tuner else None
+            configs = tuner.configs if tuner else [None]
+            if quick:  # the first configuration the autotuner would time
+                configs = (kept if kept is not None else configs)[:1]
             for arch in archs:
                 fits = []
                 lines = []
@@ -167,7 +209,7 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> i
                     seen.add(key)
                     label = (f"{fn.__name__} [{case}, {dtype}] sm_{arch} "
                              + " ".join(f"{k}={v}" for k, v in full.items()
-                                        if k.startswith("BLOCK"))
+                                        if k.startswith("BLOCK") or k == "ROLE")
                              + f" warps={warps} stages={stages}")
                     try:
                         src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
@@ -182,7 +224,11 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False) -> i
                     smem = ck.metadata.shared
                     ok = spill == 0 and smem <= SMEM_LIMIT.get(arch, 99 * 1024)
                     fits.append(ok)
-                    lines.append(f"  {'ok  ' if ok else 'skip'} {label}: {regs} registers, "
+                    is_kept = None if kept is None else any(cfg is k for k in kept)
+                    status = verdict(ok, is_kept, strict=not quick)
+                    failures += status == "FAIL"
+                    pruned = {True: ", kept", False: ", pruned", None: ""}[is_kept]
+                    lines.append(f"  {status:4} {label}{pruned}: {regs} registers, "
                                  f"{spill} B spilled, {smem} B shared, {len(narrow)} 32-bit "
                                  f"pointer offsets ({_describe(fn, sig, consts, attrs)})")
                 if not lines:
@@ -200,11 +246,14 @@ def main(argv=None) -> int:
     ap.add_argument("--archs", default="80,90", help="compute capabilities (default 80,90)")
     ap.add_argument("--dtypes", default="float32,float16,bfloat16")
     ap.add_argument("--quick", action="store_true",
-                    help="only each kernel's first (smallest) configuration")
+                    help="only each kernel's first configuration that its prune keeps")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="only the launches whose 'kernel [case]' matches, e.g. "
+                         "'_msca_bwd.*K=64'")
     a = ap.parse_args(argv)
     archs = [int(x) for x in a.archs.split(",")]
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    failures = check(archs, dtypes, a.quick)
+    failures = check(archs, dtypes, a.quick, a.only)
     print(f"triton-check: {'FAILED, ' + str(failures) + ' problem(s)' if failures else 'ok'}")
     return 1 if failures else 0
 

@@ -1,0 +1,98 @@
+"""`make triton-check` judges each configuration by what the kernel's prune keeps for the launch.
+
+msca.prune_backward keeps the configurations it claims fit (no spills, shared memory within
+the SM's); aot_check must see the same kept set as triton's autotuner for each recorded launch
+(the K = 64 backward's two ROLE launches included) and fail, in full mode, on a kept one that
+does not fit. Runs in a subprocess without TRITON_INTERPRET (aot_check refuses it); only the
+launches are recorded, nothing is compiled.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import msca_kernels as mk
+
+pytestmark = pytest.mark.skipif(not mk.available_backends()["triton"],
+                                reason=mk.available_backends()["triton"].reason)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import torch
+    import triton
+    from msca_kernels.triton import aot_check
+
+    launches = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for case, kernel, args, meta in aot_check._launches(dtype):
+            if not isinstance(kernel, triton.runtime.Autotuner):
+                continue
+            kept = aot_check.kept_by_prune(kernel, args, meta)
+            launches.append(dict(
+                dtype=str(dtype), case=case, name=kernel.fn.__name__, role=meta.get("ROLE"),
+                configs=len(kernel.configs),
+                kept=None if kept is None else [
+                    dict(c.kwargs, warps=c.num_warps, stages=c.num_stages) for c in kept]))
+    verdicts = {f"{fits},{kept},{strict}": aot_check.verdict(fits, kept, strict)
+                for fits in (True, False) for kept in (True, False, None)
+                for strict in (True, False)}
+    print(json.dumps(dict(launches=launches, verdicts=verdicts)))
+""")
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def backward(launches, dtype, k):
+    return [x for x in launches if x["dtype"] == dtype and f"K={k}" in x["case"]
+            and x["name"].startswith("_msca_bwd")]
+
+
+def tile(cfg):
+    return cfg.get("BLOCK_P", cfg.get("BLOCK_T"))
+
+
+def test_k64_backward_roles_are_checked_with_the_prunes_kept_set(recorded):
+    for dtype, warps in (("torch.float32", {8}), ("torch.bfloat16", {4, 8})):
+        bwd = backward(recorded["launches"], dtype, 64)
+        # each pass twice, ROLE 1 then 2
+        assert [(x["name"], x["role"]) for x in bwd] == [
+            ("_msca_bwd_target_kernel", 1), ("_msca_bwd_target_kernel", 2),
+            ("_msca_bwd_exemplar_kernel", 1), ("_msca_bwd_exemplar_kernel", 2)], dtype
+        for x in bwd:
+            assert x["kept"] and len(x["kept"]) < x["configs"], x
+            assert {tile(c) for c in x["kept"]} == {16}, x
+            assert {c["warps"] for c in x["kept"]} == warps, x
+
+
+def test_below_k64_the_prune_keeps_larger_tiles(recorded):
+    bwd = backward(recorded["launches"], "torch.float32", 16)
+    assert [x["role"] for x in bwd] == [0, 0]
+    for x in bwd:
+        assert {tile(c) for c in x["kept"]} == {16, 32, 64}, x
+        assert {c["warps"] for c in x["kept"]} == {8}, x
+
+
+def test_kernels_without_a_prune_have_no_kept_set(recorded):
+    others = [x for x in recorded["launches"] if not x["name"].startswith("_msca_bwd")]
+    assert others and all(x["kept"] is None for x in others)
+
+
+def test_only_a_kept_configuration_that_does_not_fit_fails_and_only_in_full_mode(recorded):
+    v = recorded["verdicts"]
+    assert {k for k, s in v.items() if s == "FAIL"} == {"False,True,True"}
+    assert {k for k, s in v.items() if s == "ok"} == {f"True,{k},{s}" for k in (True, False, None)
+                                                     for s in (True, False)}

@@ -36,6 +36,11 @@ class TrainSettings:
     # lacks) the MSE asks for the mean of the possible colours, the L1 for their median and the
     # GAN for one sample of them.
     lambda_mse: float = 0.0
+    # Weight of the pixel L1/MSE terms on target pixels whose class the exemplar lacks (1 =
+    # every pixel alike). Such pixels are rare in the self-supervised tasks (two patches of one
+    # scene share most classes; exemplar_subcrop makes them more common) but 29% of the demo's
+    # cross-scene pixels.
+    absent_class_weight: float = 1.0
     bf16: bool = False                # bfloat16 autocast for the forward passes
     grad_clip: float = 0.0            # 0: off
     # Exponential moving average of G (0: off); the exported model ships the EMA weights.
@@ -48,7 +53,7 @@ class TrainSettings:
         for name in ("steps", "checkpoint_every", "log_every", "train_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("lambda_l1", "lambda_mse", "grad_clip"):
+        for name in ("lambda_l1", "lambda_mse", "grad_clip", "absent_class_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}: expected >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -143,6 +143,12 @@ def init_distributed() -> tuple[int, int]:
     return _dist_info()
 
 
+def _weighted_mean(err: torch.Tensor, weights) -> torch.Tensor:
+    """Mean of err (B,C,H,W) with per-pixel weights (B,1,H,W) or None (a plain mean); the
+    weights are not renormalised, so a weight above 1 adds loss where it applies."""
+    return err.mean() if weights is None else (err * weights).mean()
+
+
 class Trainer:
     """Owns the models, optimisers, data order and the optimisation step.
 
@@ -358,6 +364,21 @@ class Trainer:
             tasks["global"] = ((b["label"], ex, ex_label), b["image"])
         return tasks
 
+    def _pixel_weights(self, label: torch.Tensor, exemplar_label: torch.Tensor):
+        """(B,1,H,W) weights of the pixel losses: absent_class_weight where the target's
+        class does not occur in the exemplar's label map, 1 elsewhere; None when the weight
+        is 1 (plain means, as before the setting existed)."""
+        aw = self.settings.absent_class_weight
+        if aw == 1.0:
+            return None
+        B = label.shape[0]
+        top = int(max(label.max(), exemplar_label.max())) + 1
+        has = torch.zeros(B, top + 1, dtype=torch.bool, device=label.device)
+        has.scatter_(1, exemplar_label.reshape(B, -1).long().clamp(0, top), True)
+        lab = label.reshape(B, -1).long().clamp(0, top)
+        absent = ~has.gather(1, lab) & (lab != self.opt.ignore_label)
+        return (1.0 + (aw - 1.0) * absent.float()).reshape(B, 1, *label.shape[-2:])
+
     def _gan_step(self, b: dict, late: bool) -> dict:
         tasks = self._tasks(b, late)
         update_g = self.step % self.opt.g_update_every == 0
@@ -394,16 +415,16 @@ class Trainer:
                 for name, kld in klds.items():  # SPADE's KLD term, task-weighted like the rest
                     w = 1.0 if name == "cross" else self.opt.lambda_global
                     g_losses[f"{name}/kld"] = w * self.opt.lambda_kld * kld
-                if self.settings.lambda_l1 > 0:
-                    for name, t in g_tasks.items():
-                        w = 1.0 if name == "cross" else self.opt.lambda_global
+                for name, t in g_tasks.items():
+                    w = 1.0 if name == "cross" else self.opt.lambda_global
+                    (c, _, c2), _ = tasks[name]
+                    pix = self._pixel_weights(c, c2)
+                    if self.settings.lambda_l1 > 0:
                         g_losses[f"{name}/l1"] = (w * self.settings.lambda_l1 *
-                                                  F.l1_loss(t.fake, t.real))
-                if self.settings.lambda_mse > 0:
-                    for name, t in g_tasks.items():
-                        w = 1.0 if name == "cross" else self.opt.lambda_global
+                                                  _weighted_mean((t.fake - t.real).abs(), pix))
+                    if self.settings.lambda_mse > 0:
                         g_losses[f"{name}/mse"] = (w * self.settings.lambda_mse *
-                                                   F.mse_loss(t.fake, t.real))
+                                                   _weighted_mean((t.fake - t.real) ** 2, pix))
                 g_losses.update(corr_terms)
                 g_total = total(g_losses)
         if update_g:

@@ -356,3 +356,18 @@ def test_global_exemplar_flip_mirrors_only_the_exemplar(tmp_path):
     assert torch.equal(plain["image"], late["image"])
     with pytest.raises(ValueError, match="global_exemplar_flip"):
         tiny(global_exemplar_flip=1.5).validate()
+
+
+def test_absent_class_weight_weighs_pixels_of_classes_the_exemplar_lacks(tmp_path):
+    """The pixel weights: absent_class_weight on target pixels whose class is not in the
+    exemplar's labels (the ignore label never), 1 elsewhere; weight 1 gives plain means."""
+    t = make(tmp_path / "a", st=settings(absent_class_weight=4.0))
+    label = torch.tensor([[[0, 1], [2, 255]]])
+    exemplar_label = torch.tensor([[[1, 1], [1, 3]]])
+    w = t._pixel_weights(label, exemplar_label)
+    assert w.tolist() == [[[[4.0, 1.0], [4.0, 1.0]]]]
+    assert make(tmp_path / "b")._pixel_weights(label, exemplar_label) is None
+    t.step = 2
+    assert t.train_step()["cross/l1"] > 0
+    with pytest.raises(ValueError, match="absent_class_weight"):
+        TrainSettings(absent_class_weight=-1.0).validate()

@@ -16,12 +16,16 @@ the verdicts describe the binary a GPU runs for such a call.
     python -m msca_kernels.triton.aot_check --only '_msca_bwd.*K=64'   # some launches only
 
 A configuration fits when it spills no registers and its shared memory is within the SM's
-limit. Fails (exit 1) when a kernel does not compile for an architecture; when a configuration
-that the kernel's prune (triton's early_config_prune, e.g. msca.prune_backward) keeps for that
-launch does not fit, since the prune exists to keep only fitting ones (full mode, FAIL); or
-(full mode) when none of a kernel's configurations fits. Other configurations that do not fit
-are reported as "skip": those the prune drops (marked "pruned"; kept ones "kept") and those of
-kernels without a prune (the autotuner drops what cannot launch and times the rest). --quick
+limit. The rule follows what triton's autotuner does at runtime: it times the configurations
+the kernel's prune (triton's early_config_prune, e.g. msca.prune_backward) keeps, skipping
+those that cannot launch (OutOfResources: too much shared memory), so a spilling kept one
+would be timed and may win, a too big one never runs. Fails (exit 1) when a kernel does not
+compile for an architecture; (full mode) when a kept configuration spills (FAIL); or (full
+mode) when no configuration the autotuner would time for that launch and architecture fits
+(the kept ones, or all of a kernel without a prune): the launch would fail. A kept
+configuration that only exceeds shared memory is "skip" ("kept, too big for sm_80: autotuner
+skips it"), as are the configurations that the prune drops (marked "pruned") and those that do
+not fit in kernels without a prune. --quick
 compiles only each kernel's first configuration that the autotuner would time (the first one
 the prune keeps), leaves out the K = 64 case and fails on compile errors alone. Needs no GPU and no CUDA toolkit: triton's
 own compiler and ptxas.
@@ -163,15 +167,22 @@ def kept_by_prune(tuner, args: tuple, meta: dict) -> list | None:
     return kept
 
 
-def verdict(fits: bool, kept: bool | None, strict: bool) -> str:
+def verdict(spills: bool, smem_ok: bool, kept: bool | None, strict: bool) -> str:
     """A compiled configuration's verdict: "ok" (no spills, shared memory within the SM's),
-    "skip" (does not fit, but nothing claims it does: the prune drops it, or the kernel has no
-    prune and the autotuner times what launches), "FAIL" (strict, i.e. full mode: does not fit
-    although the kernel's prune keeps it for this launch, so the autotuner would time a
-    spilling or unlaunchable configuration)."""
-    if fits:
+    "FAIL" (strict, i.e. full mode: it spills although the kernel's prune keeps it for this
+    launch, so the autotuner would time it and may pick it), "skip" (otherwise: the prune drops
+    it, the kernel has no prune, or it only exceeds shared memory, which the autotuner skips at
+    launch; whether some timed configuration fits is launch_fails' question)."""
+    if not spills and smem_ok:
         return "ok"
-    return "FAIL" if kept and strict else "skip"
+    return "FAIL" if kept and spills and strict else "skip"
+
+
+def launch_fails(timed_fit: list[bool], strict: bool) -> bool:
+    """Whether a launch fails on an architecture: (strict) none of the configurations the
+    autotuner would time fits (timed_fit: one bool per one that compiled, here or at an
+    earlier identical launch; empty when none did, which counts as compile failures)."""
+    return strict and bool(timed_fit) and not any(timed_fit)
 
 
 def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
@@ -179,7 +190,7 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
     """Compiles and judges the launches (those whose "kernel [case]" matches the regular
     expression `only`, if given); returns the number of failures."""
     failures = 0
-    seen = set()
+    seen = {}  # compile key -> fits (no spill, shared memory within the limit)
     for dtype in dtypes:
         for case, kernel, args, meta in _launches(dtype, quick):
             tuner = kernel if isinstance(kernel, triton.runtime.Autotuner) else None
@@ -191,7 +202,7 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
             if quick:  # the first configuration the autotuner would time
                 configs = (kept if kept is not None else configs)[:1]
             for arch in archs:
-                fits = []
+                timed_fit = []  # the configurations the autotuner would time: fit?
                 lines = []
                 for cfg in configs:
                     full = dict(meta)
@@ -206,9 +217,12 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
                     key = (fn.__name__, arch, tuple(sorted(sig.items())),
                            tuple(sorted((k, str(v)) for k, v in consts.items())),
                            str(sorted(attrs.items())), warps, stages)
-                    if key in seen:
+                    is_kept = None if kept is None else any(cfg is k for k in kept)
+                    if key in seen:  # compiled and reported at an earlier identical launch
+                        if is_kept is not False and seen[key] is not None:
+                            timed_fit.append(seen[key])
                         continue
-                    seen.add(key)
+                    seen[key] = None  # a compile error: reported, counted once
                     label = (f"{fn.__name__} [{case}, {dtype}] sm_{arch} "
                              + " ".join(f"{k}={v}" for k, v in full.items()
                                         if k.startswith("BLOCK") or k == "ROLE")
@@ -224,21 +238,25 @@ def check(archs: list[int], dtypes: list[torch.dtype], quick: bool = False,
                         failures += 1
                         continue
                     smem = ck.metadata.shared
-                    ok = spill == 0 and smem <= SMEM_LIMIT.get(arch, 99 * 1024)
-                    fits.append(ok)
-                    is_kept = None if kept is None else any(cfg is k for k in kept)
-                    status = verdict(ok, is_kept, strict=not quick)
+                    smem_ok = smem <= SMEM_LIMIT.get(arch, 99 * 1024)
+                    seen[key] = spill == 0 and smem_ok
+                    if is_kept is not False:
+                        timed_fit.append(seen[key])
+                    status = verdict(spill > 0, smem_ok, is_kept, strict=not quick)
                     failures += status == "FAIL"
                     pruned = {True: ", kept", False: ", pruned", None: ""}[is_kept]
+                    if is_kept and spill == 0 and not smem_ok:
+                        pruned += f", too big for sm_{arch}: autotuner skips it"
                     lines.append(f"  {status:4} {label}{pruned}: {regs} registers, "
                                  f"{spill} B spilled, {smem} B shared, {len(narrow)} 32-bit "
                                  f"pointer offsets ({_describe(fn, sig, consts, attrs)})")
                 if not lines:
                     continue
                 print("\n".join(lines))
-                if fits and not any(fits) and not quick:
-                    print(f"  FAIL {fn.__name__} [{case}, {dtype}] sm_{arch}: no configuration "
-                          f"without spills within shared memory")
+                if launch_fails(timed_fit, strict=not quick):
+                    which = "configuration" if kept is None else "kept configuration"
+                    print(f"  FAIL {fn.__name__} [{case}, {dtype}] sm_{arch}: no {which} "
+                          f"without spills within shared memory (the launch would fail)")
                     failures += 1
     return failures
 

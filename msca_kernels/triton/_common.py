@@ -54,6 +54,12 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def smem_optin(index: int) -> int:
+    """Shared memory per block a kernel may opt in to on CUDA device `index`, bytes."""
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
 def num_programs(device: torch.device, work_items: int, per_sm: int = 2) -> int:
     """How many programs a split reduction uses: enough to fill the GPU, never more than there
     are work items (tiles); a few under the interpreter, so the cross-program merge is tested."""

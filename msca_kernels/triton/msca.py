@@ -530,6 +530,35 @@ def backward_roles(block_k: int) -> tuple[int, ...]:
     return (1, 2) if block_k >= 64 else (0,)
 
 
+def exemplar_backward_smem(dtype: torch.dtype, prec: str, block_n: int, block_m2: int,
+                           block_k: int) -> int:
+    """Shared memory (bytes) that the exemplar backward's per-position launch (ROLE 1) stages
+    before its loop, for float32 at BLOCK_K >= 64 (0 otherwise: there it fits every GPU the
+    check knows). The compiler keeps the loop's fixed operands in shared memory: phi_x, phi_c,
+    dV and the transposes of phi_x and phi_c, each twice under tf32x3 (high and low parts),
+    plus dV^T in float64: 8 * BK * (4 BN + 2 BM2) bytes, 192 KB at N = M2 = K = 64, matching
+    what triton's compiler reports there for sm_80 and sm_90 (204800-229376 B with the
+    position tiles; `make triton-check`)."""
+    if dtype != torch.float32 or block_k < 64:
+        return 0
+    copies = 2 if prec == "tf32x3" else 1
+    return 4 * copies * block_k * (3 * block_n + 2 * block_m2) + 8 * block_n * block_k
+
+
+def check_backward_smem(dtype: torch.dtype, prec: str, block_n: int, block_m2: int,
+                        block_k: int, K: int, limit: int) -> None:
+    """Refuse, before any backward kernel runs, a float32 backward whose exemplar pass cannot
+    fit the device's shared memory (`limit`, bytes): on sm_80/86/89 (at most 163 KB) float32
+    with 33 <= K <= 64 at N = M2 = 64 needs ~200 KB; sm_90 (227 KB) takes it."""
+    need = exemplar_backward_smem(dtype, prec, block_n, block_m2, block_k)
+    if need and need > limit:
+        raise ValueError(
+            f"phi_weight: the triton backward at float32 with K = {K} maps needs about "
+            f"{need // 1024} KB of shared memory per block for its exemplar pass, this GPU "
+            f"allows {limit // 1024} KB; use K <= 32, bfloat16/float16 inputs, or "
+            f"backend='cuda'")
+
+
 def _v_precision(dtype: torch.dtype) -> str:
     """input_precision of the forward's V = x p^T dot.
 
@@ -619,6 +648,8 @@ def triton_msca_bwd(grad_out: torch.Tensor, fx2: torch.Tensor, fc2: torch.Tensor
     _check_batch(B)
     BN, BM2, BM1, BK = block(N), block(M2), block(M1), block(K)
     prec = _common.dot_precision(dt)
+    if fx2.is_cuda:
+        check_backward_smem(dt, prec, BN, BM2, BK, K, _common.smem_optin(fx2.device.index))
     f32 = dict(device=fx2.device, dtype=torch.float32)
 
     # Pass A: target tiles.

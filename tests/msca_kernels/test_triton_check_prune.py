@@ -6,21 +6,16 @@ included) and fail, in full mode, on a kept one that spills or when no kept one 
 only exceeds shared memory the autotuner skips at launch). Runs in a subprocess without TRITON_INTERPRET (aot_check refuses it); only the
 launches are recorded, nothing is compiled.
 """
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import msca_kernels as mk
+from compiler_script import run_compiler_script
 
 pytestmark = pytest.mark.skipif(not mk.available_backends()["triton"],
                                 reason=mk.available_backends()["triton"].reason)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -52,12 +47,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def recorded():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_compiler_script(SCRIPT)
 
 
 def backward(launches, dtype, k):

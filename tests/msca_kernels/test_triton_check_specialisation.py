@@ -6,20 +6,16 @@ and turns integers equal to 1 into constants; a kernel compiled without that is 
 session's setting), so this runs in a subprocess without it. No GPU and no compilation needed:
 only the specialisation is computed.
 """
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import msca_kernels as mk
+from compiler_script import run_compiler_script
 
 pytestmark = pytest.mark.skipif(not mk.available_backends()["triton"],
                                 reason=mk.available_backends()["triton"].reason)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -47,14 +43,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_specialisation_follows_the_arguments():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    import json
-
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_compiler_script(SCRIPT)
     aligned, shifted = got["aligned"], got["shifted"]
     # aligned x and the stats, n = 8192, P, CP divisible by 16; CH = 1 a constant
     assert {"x_ptr", "gamma_ptr", "out_ptr", "mean_ptr", "n", "P", "CP"} <= set(aligned["div"])

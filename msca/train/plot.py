@@ -17,9 +17,9 @@ from .trainer import read_log
 PANELS = (("pre/total", "pretraining: decoder L1 + correspondence, total"),
           ("pre/corr_label", "pretraining: label transfer through attention (CE)"),
           ("pre/corr_rgb", "pretraining: colour warp through attention (L1)"),
-          ("cross/l1", "patch cross-reconstruction: 10 x L1"),
+          ("cross/l1", "patch cross-reconstruction: lambda_l1 x L1"),
           ("cross/corr_label", "cross: label transfer (x corr_gan_factor)"),
-          ("global/l1", "global self-reconstruction: 10 x L1"),
+          ("global/l1", "global self-reconstruction: lambda_l1 x L1"),
           ("cross/feat", "cross: D feature matching"),
           ("D/total", "discriminator hinge, total"))
 COLOURS = ((200, 40, 40), (30, 90, 200), (20, 150, 60), (160, 60, 160))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from msca.data.transforms import (exemplar_subcrop, patch_pair_task, random_hflip,
                                   resize_pair)
+from msca.eval.class_presence import presence_mask
 from msca.models import (Task, VGGWeightsWarning, build_decoder, build_discriminator,
                          build_generator, build_loss, total)
 from msca.models.correspondence import correspondence_losses
@@ -371,13 +372,9 @@ class Trainer:
         aw = self.settings.absent_class_weight
         if aw == 1.0:
             return None
-        B = label.shape[0]
-        top = int(max(label.max(), exemplar_label.max())) + 1
-        has = torch.zeros(B, top + 1, dtype=torch.bool, device=label.device)
-        has.scatter_(1, exemplar_label.reshape(B, -1).long().clamp(0, top), True)
-        lab = label.reshape(B, -1).long().clamp(0, top)
-        absent = ~has.gather(1, lab) & (lab != self.opt.ignore_label)
-        return (1.0 + (aw - 1.0) * absent.float()).reshape(B, 1, *label.shape[-2:])
+        # the same split that msca demo / msca evaluate report PSNR on
+        _, absent = presence_mask(label, exemplar_label, self.opt.ignore_label)
+        return (1.0 + (aw - 1.0) * absent.float()).unsqueeze(1)
 
     def _gan_step(self, b: dict, late: bool) -> dict:
         tasks = self._tasks(b, late)

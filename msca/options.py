@@ -35,6 +35,11 @@ class Options:
     # The last N maps of every scale attend uniformly (the exemplar's global average), for
     # target classes the exemplar lacks (msca_kernels.nn.MSCA global_maps); 0 = the paper's.
     attention_global_maps: int = 0
+    # Append one presence channel to the target's and the exemplar's label features at every
+    # scale: the share of each cell whose class the other image shows (ours; the paper's
+    # module has no way to know, at a target position, that the exemplar lacks its class).
+    # It reaches phi, psi, the Eq. 6 mask and the decoder; False = the paper's inputs.
+    attention_presence: bool = False
     # Probability that the cross task's exemplar patch is replaced by a smaller window of it
     # (resized back), so that target classes the exemplar lacks occur in training as they do
     # across scenes (msca.data.transforms.exemplar_subcrop); 0 = the paper's task.

@@ -55,7 +55,12 @@ def _side_by_side(G, label, ex_a, lab_a, ex_b, lab_b):
     _check_pair(ex_a, ex_b)
     fa = G.extract_features(label, ex_a, lab_a)
     fb = G.extract_features(label, ex_b, lab_b)
-    feats = Features([torch.cat([a, b], -1) for a, b in zip(fa.fx2, fb.fx2)], fa.fc1,
+    fc1 = fa.fc1
+    if getattr(G, "attention_presence", False):
+        # the presence channel of c1 must say what either exemplar shows, not A alone
+        fc1 = G.extract_features(label, torch.cat([ex_a, ex_b], -1),
+                                 torch.cat([lab_a, lab_b], -1)).fc1
+    feats = Features([torch.cat([a, b], -1) for a, b in zip(fa.fx2, fb.fx2)], fc1,
                      [torch.cat([a, b], -1) for a, b in zip(fa.fc2, fb.fc2)], label,
                      torch.cat([lab_a, lab_b], -1))
     widths = [a.shape[-1] for a in fa.fx2]

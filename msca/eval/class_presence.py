@@ -8,28 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from msca.models.encoders import resize_labels
+from msca.models.encoders import presence_mask, resize_labels
 
 SUBSETS = ("present", "absent")
-
-
-def presence_mask(label: torch.Tensor, exemplar_label: torch.Tensor,
-                  ignore_label: int | None = 255) -> tuple[torch.Tensor, torch.Tensor]:
-    """label (B,H,W), exemplar_label (B,H2,W2) -> (present, absent) boolean (B,H,W) masks;
-    ignore-label target pixels are in neither."""
-    if label.dim() != 3 or exemplar_label.dim() != 3 or label.shape[0] != exemplar_label.shape[0]:
-        raise ValueError(f"label, exemplar_label: expected (B,H,W) and (B,H2,W2) with one B, "
-                         f"got {tuple(label.shape)} and {tuple(exemplar_label.shape)}")
-    lab = label.long()
-    valid = lab >= 0 if ignore_label is None else (lab >= 0) & (lab != ignore_label)
-    top = int(max(lab.max(), exemplar_label.max())) + 1
-    has = torch.zeros(label.shape[0], top + 1, dtype=torch.bool, device=label.device)
-    ex = exemplar_label.long().flatten(1)
-    has.scatter_(1, ex.clamp(0, top), True)
-    if ignore_label is not None and ignore_label <= top:
-        has[:, ignore_label] = False
-    present = has.gather(1, lab.clamp(0, top).flatten(1)).view_as(lab) & valid
-    return present, valid & ~present
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ def build_generator(opt, vgg: VGG19 | None = None):
         spectral_norm=opt.spectral_norm_G, backend=opt.backend, vgg=vgg,
         vgg_weights=opt.vgg_weights or None, init_type=opt.init_type, init_gain=opt.init_gain,
         attention_logit_scale=opt.attention_logit_scale or None,
-        attention_global_maps=opt.attention_global_maps)
+        attention_global_maps=opt.attention_global_maps,
+        attention_presence=opt.attention_presence)
 
 
 def build_discriminator(opt) -> MultiscaleDiscriminator:
@@ -47,7 +48,8 @@ def build_discriminator(opt) -> MultiscaleDiscriminator:
 
 
 def build_decoder(opt) -> FeatureDecoder:
-    return FeatureDecoder(opt.image_feature_nc, opt.label_feature_nc,
+    label_nc = tuple(m + int(opt.attention_presence) for m in opt.label_feature_nc)
+    return FeatureDecoder(opt.image_feature_nc, label_nc,
                           loss_weights=opt.decoder_loss_weights)
 
 

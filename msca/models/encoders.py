@@ -80,6 +80,42 @@ def check_generator_inputs(label: torch.Tensor, exemplar: torch.Tensor,
                          f"{label.device}, {exemplar.device}, {exemplar_label.device}")
 
 
+def presence_mask(label: torch.Tensor, exemplar_label: torch.Tensor,
+                  ignore_label: int | None = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """label (B,H,W), exemplar_label (B,H2,W2) -> (present, absent) boolean (B,H,W) masks:
+    whether the exemplar shows the class of each target pixel; ignore-label target pixels are
+    in neither."""
+    if label.dim() != 3 or exemplar_label.dim() != 3 or label.shape[0] != exemplar_label.shape[0]:
+        raise ValueError(f"label, exemplar_label: expected (B,H,W) and (B,H2,W2) with one B, "
+                         f"got {tuple(label.shape)} and {tuple(exemplar_label.shape)}")
+    lab = label.long()
+    valid = lab >= 0 if ignore_label is None else (lab >= 0) & (lab != ignore_label)
+    top = int(max(lab.max(), exemplar_label.max())) + 1
+    has = torch.zeros(label.shape[0], top + 1, dtype=torch.bool, device=label.device)
+    ex = exemplar_label.long().flatten(1)
+    has.scatter_(1, ex.clamp(0, top), True)
+    if ignore_label is not None and ignore_label <= top:
+        has[:, ignore_label] = False
+    present = has.gather(1, lab.clamp(0, top).flatten(1)).view_as(lab) & valid
+    return present, valid & ~present
+
+
+def presence_features(label: torch.Tensor, exemplar_label: torch.Tensor, sizes1, sizes2,
+                      ignore_label: int | None, dtype: torch.dtype):
+    """The presence channels (ours, Options.attention_presence): per scale, the share of each
+    target cell whose class the exemplar shows, (B,1,h1,w1), and the share of each exemplar
+    cell whose class the target shows, (B,1,h2,w2). Ignore-label pixels count as shown (they
+    ask for nothing). Without them no part of the model knows, at a target position, whether
+    the exemplar has its class at all; where it lacks it, attention can only borrow some
+    other class's region."""
+    def maps(a, b, sizes):
+        present, absent = presence_mask(a, b, ignore_label)
+        shown = (~absent).to(dtype).unsqueeze(1)
+        return [F.adaptive_avg_pool2d(shown, s) if tuple(shown.shape[-2:]) != tuple(s)
+                else shown for s in sizes]
+    return maps(label, exemplar_label, sizes1), maps(exemplar_label, label, sizes2)
+
+
 def label_indices(labels: torch.Tensor, num_classes: int,
                   ignore_label: int | None) -> torch.Tensor:
     """int64 class indices with the ignore label mapped to `num_classes` (a zero row)."""

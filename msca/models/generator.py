@@ -23,7 +23,7 @@ import msca_kernels as mk
 from .alignment import ALIGNMENTS, GAPAlignment, LabelMatchingAlignment
 from .common import KernelBackendMixin, add_spectral_norm, init_weights
 from .encoders import (FeatureCompression, LabelEncoder, check_generator_inputs,
-                       scale_sizes)
+                       presence_features, scale_sizes)
 from .vgg import SCALE_CHANNELS, SCALE_LAYERS, VGG19, build_vgg19
 
 NUM_SCALES = 5  # L = 4 in the paper: scales 0..4, VGG relu1_2 .. relu5_4
@@ -101,7 +101,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
                  spectral_norm: bool = True, backend: str = "auto",
                  vgg: VGG19 | None = None, vgg_weights: str | None = None,
                  init_type: str = "xavier", init_gain: float = 0.02,
-                 attention_logit_scale: float | None = None, attention_global_maps: int = 0):
+                 attention_logit_scale: float | None = None, attention_global_maps: int = 0,
+                 attention_presence: bool = False):
         super().__init__()
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment: expected one of {ALIGNMENTS}, got {alignment!r}")
@@ -117,6 +118,10 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
         mults = _per_scale("ngf_mults", ngf_mults)
         self.channels = tuple(ngf * m for m in mults)
         self._backend = backend
+        # One presence channel appended to every label feature map (ours; see
+        # encoders.presence_features): 0 or 1 extra channels.
+        self.attention_presence = bool(attention_presence)
+        self.presence_nc = int(self.attention_presence)
 
         # The frozen VGG, deliberately not registered as a submodule (see class docstring).
         object.__setattr__(self, "vgg", vgg if vgg is not None else build_vgg19(vgg_weights))
@@ -130,7 +135,7 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
         # Alignment (Sec. 3.2), one module per scale.
         align: list[nn.Module] = []
         for i in range(NUM_SCALES):
-            n, m = self.image_feature_nc[i], self.label_feature_nc[i]
+            n, m = self.image_feature_nc[i], self.label_feature_nc[i] + self.presence_nc
             if alignment == "msca":
                 align.append(mk.nn.MSCA(n, m, m, self.attention_k[i], mask_hidden=mask_hidden,
                                         feature_masking=self.feature_masking, backend=backend,
@@ -145,7 +150,8 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
         self.align_modules = nn.ModuleList(align)
         # Synthesis (Sec. 3.3, Appendix E).
         L = NUM_SCALES - 1
-        seg_nc = [self.image_feature_nc[i] + self.label_feature_nc[i] for i in range(NUM_SCALES)]
+        seg_nc = [self.image_feature_nc[i] + self.label_feature_nc[i] + self.presence_nc
+                  for i in range(NUM_SCALES)]
         self.fc_in = nn.Conv2d(seg_nc[L], self.channels[L], 3, padding=1)
         self.blocks = nn.ModuleList(
             SPADEResBlock(self.channels[min(i + 1, L)], self.channels[i], seg_nc[i],
@@ -181,6 +187,11 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
         fc1 = [f.to(exemplar.dtype) for f in self.label_encoder(label, sizes1, check=False)]
         fc2 = [f.to(exemplar.dtype)
                for f in self.label_encoder(exemplar_label, sizes2, check=False)]
+        if self.attention_presence:
+            p1, p2 = presence_features(label, exemplar_label, sizes1, sizes2,
+                                       self.ignore_label, exemplar.dtype)
+            fc1 = [torch.cat([f, p], dim=1) for f, p in zip(fc1, p1)]
+            fc2 = [torch.cat([f, p], dim=1) for f, p in zip(fc2, p2)]
         return Features(fx2, fc1, fc2, label, exemplar_label)
 
     def feature_masks(self, features: Features) -> list[torch.Tensor | None]:
@@ -270,6 +281,7 @@ class MSCAGenerator(KernelBackendMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"alignment={self.alignment!r}, feature_masking={self.feature_masking}, "
+                f"attention_presence={self.attention_presence}, "
                 f"backend={self._backend!r}, vgg={self.vgg.weights_source}")
 
 

@@ -477,3 +477,45 @@ def test_dtype_moves_reach_the_unregistered_vgg():
     assert g.vgg.features[0].weight.dtype == torch.float64
     out = g(labels(1, 32, 32), image(1, 32, 32).double(), labels(1, 32, 32, seed=1))
     assert out.dtype == torch.float64 and out.shape == (1, 3, 32, 32)
+
+
+def test_presence_features_mark_classes_the_other_image_lacks():
+    from msca.models.encoders import presence_features
+    lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    lab[:, :, 4:] = 2                     # right half: class 2, which the exemplar lacks
+    lab[:, 0, 0] = 255                    # ignore label: counts as shown
+    exl = torch.zeros(1, 4, 6, dtype=torch.long)
+    exl[:, :2] = 1                        # class 1: the target lacks it
+    p1, p2 = presence_features(lab, exl, [(8, 8), (4, 4)], [(4, 6), (2, 3)], 255,
+                               torch.float32)
+    assert p1[0].shape == (1, 1, 8, 8) and p2[1].shape == (1, 1, 2, 3)
+    assert p1[0][0, 0, :, :4].eq(1).all() and p1[0][0, 0, :, 4:].eq(0).all()
+    torch.testing.assert_close(p1[1][0, 0], torch.tensor([[1., 1., 0., 0.]]).expand(4, 4))
+    torch.testing.assert_close(p2[0][0, 0, :2], torch.zeros(2, 6))
+    torch.testing.assert_close(p2[0][0, 0, 2:], torch.ones(2, 6))
+    torch.testing.assert_close(p2[1][0, 0], torch.tensor([[0., 0., 0.], [1., 1., 1.]]))
+    p1, _ = presence_features(lab, exl, [(4, 2)], [(4, 6)], 255, torch.float32)
+    torch.testing.assert_close(p1[0][0, 0], torch.tensor([[1., 0.]]).expand(4, 2))
+
+
+@pytest.mark.parametrize("alignment", ["msca", "gap", "label_matching"])
+def test_generator_presence_channel_reaches_attention_and_decoder(vgg, alignment):
+    torch.manual_seed(0)
+    g = make_g(vgg, attention_presence=True, alignment=alignment).eval()
+    lab, ex = labels(1, 33, 40), image(1, 36, 32)
+    exl_all = labels(1, 36, 32, seed=3)
+    exl_all[0, :C, 0] = torch.arange(C)   # every class shown
+    exl_some = exl_all.clamp(max=2)       # classes 3.. missing: same image, other labels
+    f_all, f_some = g.extract_features(lab, ex, exl_all), g.extract_features(lab, ex, exl_some)
+    for i, m in enumerate(TINY["label_feature_nc"]):
+        assert f_all.fc1[i].shape[1] == m + 1 and f_all.fc2[i].shape[1] == m + 1
+        assert f_all.fc1[i][:, -1].eq(1).all()
+    absent = (lab > 2).float().unsqueeze(1)
+    torch.testing.assert_close(f_some.fc1[0][:, -1:], 1 - absent)
+    out_all, out_some = g(lab, ex, exl_all), g(lab, ex, exl_some)
+    assert out_all.shape == (1, 3, 33, 40)
+    assert not torch.allclose(out_all, out_some)
+    if alignment == "msca":   # interpolation's side-by-side exemplars see both label sets
+        from msca.apps.interpolate import _side_by_side
+        feats = _side_by_side(g, lab, ex, exl_some, ex, exl_all)[0]
+        assert feats.fc1[0][:, -1].eq(1).all()
